@@ -1,0 +1,1 @@
+"""The encoder-decoder Transformer of Vaswani et al. (2017) as a transformers model."""

@@ -1,0 +1,1 @@
+"""Entry points users run: train, translate, evaluate, average checkpoints."""
