@@ -1,0 +1,193 @@
+"""Configuration of the vanilla Transformer: every choice of Vaswani et al. (2017) in one place.
+
+The defaults are the paper's "base" model (§3, Table 3 first row). `VanillaTransformerConfig.big()` gives
+the "big" model and `table3_config(row)` any row of Table 3.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+NORM_POSITIONS = ("post", "pre")
+INIT_SCHEMES = ("xavier", "normal")
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
+
+
+class VanillaTransformerConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`VanillaTransformerModel`] and [`VanillaTransformerForConditionalGeneration`].
+
+    Sizes use the paper's names (§3): `d_model`, `d_ff`, `num_heads` (h), `d_k`, `d_v`. `d_k` and `d_v`
+    default to `d_model // num_heads` and may be set independently (Table 3 rows A and B).
+
+    Args:
+        vocab_size: size of the shared source/target vocabulary (§3.4; the paper used about 37000).
+        d_model: width of every sub-layer output and of the embeddings.
+        d_ff: inner size of the position-wise feed-forward network (§3.3).
+        num_heads: number of attention heads h (§3.2.2).
+        d_k: size of each head's queries and keys; `None` means `d_model // num_heads`.
+        d_v: size of each head's values; `None` means `d_model // num_heads`.
+        encoder_layers, decoder_layers: N for each stack.
+        dropout: P_drop, applied to each sub-layer output and to the embedding + position sums (§5.4).
+        attention_dropout: dropout on the attention weights (not in the paper; 0 by default).
+        activation_dropout: dropout after the feed-forward activation (not in the paper; 0 by default).
+        activation_function: the feed-forward non-linearity; "relu" is the paper's max(0, x).
+        position_embedding: "sinusoidal" (§3.5) or "learned" (Table 3 row E).
+        max_position_embeddings: rows of the position table. Learned positions cannot go beyond it;
+            sinusoids are computed for any position.
+        scale_embedding: multiply token embeddings by sqrt(d_model) (§3.4).
+        norm_position: "post" is the paper's LayerNorm(x + Dropout(Sublayer(x))); "pre" is
+            x + Dropout(Sublayer(LayerNorm(x))) with a final LayerNorm on each stack.
+        share_encoder_decoder_embeddings: one embedding matrix for source and target tokens (§3.4).
+        tie_word_embeddings: the pre-softmax projection reuses the decoder embedding (§3.4).
+        init_scheme: "xavier" (Glorot-uniform linear layers, embeddings N(0, d_model^-0.5), as MT
+            toolkits train this model) or "normal" (everything N(0, init_std)).
+        init_std: standard deviation for `init_scheme="normal"`.
+        layer_norm_eps: epsilon of every LayerNorm.
+        label_smoothing: epsilon_ls of the training loss (§5.4); Table 3 rows D vary it.
+    """
+
+    model_type = "vanilla_transformer"
+    keys_to_ignore_at_inference = ["cache"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "num_heads",
+        "num_hidden_layers": "decoder_layers",
+        "intermediate_size": "d_ff",
+        "head_dim": "d_k",
+    }
+
+    vocab_size: int = 37000
+    d_model: int = 512
+    d_ff: int = 2048
+    num_heads: int = 8
+    d_k: int | None = None
+    d_v: int | None = None
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation_function: str = "relu"
+    position_embedding: str = "sinusoidal"
+    max_position_embeddings: int = 1024
+    scale_embedding: bool = True
+    norm_position: str = "post"
+    share_encoder_decoder_embeddings: bool = True
+    tie_word_embeddings: bool = True
+    init_scheme: str = "xavier"
+    init_std: float = 0.02
+    layer_norm_eps: float = 1e-5
+    label_smoothing: float = 0.1
+    use_cache: bool = True
+    is_encoder_decoder: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    decoder_start_token_id: int | None = 1
+
+    def __post_init__(self, **kwargs):
+        if self.d_k is None and isinstance(self.num_heads, int) and self.num_heads > 0:
+            self.d_k = self.d_model // self.num_heads
+        if self.d_v is None and isinstance(self.num_heads, int) and self.num_heads > 0:
+            self.d_v = self.d_model // self.num_heads
+        super().__post_init__(**kwargs)
+        self._check()
+
+    def _check(self) -> None:
+        for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_k", "d_v", "max_position_embeddings"):
+            _require_positive_int(name, getattr(self, name))
+        for name in ("encoder_layers", "decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
+        for name, allowed in (
+            ("position_embedding", POSITION_EMBEDDINGS),
+            ("norm_position", NORM_POSITIONS),
+            ("init_scheme", INIT_SCHEMES),
+            ("activation_function", ACTIVATIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}.")
+        if self.position_embedding == "sinusoidal" and self.d_model % 2:
+            raise ValueError(
+                f"d_model must be even for sinusoidal positions (sin and cos pairs, §3.5), got {self.d_model}. "
+                "Use an even d_model or position_embedding='learned'."
+            )
+        if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
+            raise ValueError(f"init_std must be a positive number, got {self.init_std!r}.")
+        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}.")
+        eos_ids = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+        for name, value in (
+            ("pad_token_id", self.pad_token_id),
+            ("bos_token_id", self.bos_token_id),
+            ("decoder_start_token_id", self.decoder_start_token_id),
+            *(("eos_token_id", v) for v in eos_ids),
+        ):
+            if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):
+                raise ValueError(
+                    f"{name} must be None or a token id in [0, vocab_size={self.vocab_size}), got {value!r}."
+                )
+
+    @classmethod
+    def base(cls, **overrides) -> VanillaTransformerConfig:
+        """The paper's base model: N=6, d_model=512, d_ff=2048, h=8, P_drop=0.1, eps_ls=0.1."""
+        return table3_config("base", **overrides)
+
+    @classmethod
+    def big(cls, **overrides) -> VanillaTransformerConfig:
+        """The paper's big model: N=6, d_model=1024, d_ff=4096, h=16, P_drop=0.3, eps_ls=0.1."""
+        return table3_config("big", **overrides)
+
+
+def _require_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+# Table 3 of the paper: each row as the config values that differ from the base row. Blank cells of
+# the table are the base values. Where the paper's row leaves d_k/d_v blank but changes h or d_model,
+# the per-head sizes are written out so the row is exactly the paper's.
+TABLE3 = {
+    "base": {},
+    "A1": {"num_heads": 1, "d_k": 512, "d_v": 512},
+    "A2": {"num_heads": 4, "d_k": 128, "d_v": 128},
+    "A3": {"num_heads": 16, "d_k": 32, "d_v": 32},
+    "A4": {"num_heads": 32, "d_k": 16, "d_v": 16},
+    "B1": {"d_k": 16},
+    "B2": {"d_k": 32},
+    "C1": {"encoder_layers": 2, "decoder_layers": 2},
+    "C2": {"encoder_layers": 4, "decoder_layers": 4},
+    "C3": {"encoder_layers": 8, "decoder_layers": 8},
+    "C4": {"d_model": 256, "d_k": 32, "d_v": 32},
+    "C5": {"d_model": 1024, "d_k": 128, "d_v": 128},
+    "C6": {"d_ff": 1024},
+    "C7": {"d_ff": 4096},
+    "D1": {"dropout": 0.0},
+    "D2": {"dropout": 0.2},
+    "D3": {"label_smoothing": 0.0},
+    "D4": {"label_smoothing": 0.2},
+    "E": {"position_embedding": "learned", "max_position_embeddings": 1024},
+    "big": {"d_model": 1024, "d_ff": 4096, "num_heads": 16, "dropout": 0.3},
+}
+
+
+def table3_config(row: str, **overrides) -> VanillaTransformerConfig:
+    """A config for a row of Table 3 ("base", "A1".."A4", "B1", "B2", "C1".."C7", "D1".."D4", "E", "big").
+
+    Rows are numbered top to bottom within each letter, as the table lists them. `overrides` (for example
+    `vocab_size`) are applied on top.
+    """
+    if row not in TABLE3:
+        raise ValueError(f"Unknown Table 3 row {row!r}; choose one of {', '.join(TABLE3)}.")
+    values = {**TABLE3[row], **overrides}
+    return VanillaTransformerConfig(**values)
+
+
+__all__ = ["VanillaTransformerConfig", "TABLE3", "table3_config"]

@@ -1,0 +1,765 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), in the paper's order.
+
+§3.5 positional encoding, §3.2 attention, §3.3 feed-forward, §3.1 encoder and decoder layers and stacks,
+§3.4 embeddings and the pre-softmax projection. This file imports only torch, transformers and its
+configuration, so a saved model folder carries it and loads with `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import logging
+
+from .configuration_vanilla_transformer import VanillaTransformerConfig
+
+logger = logging.get_logger(__name__)
+
+
+# --- Checks at the model's boundary: user errors surface here, not as IndexErrors deep inside. ---
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _check_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, sequence_length), got {tuple(ids.shape)}.")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); pass at least one token per sequence.")
+    if _is_compiling():
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size}). Check that the tokenizer "
+            "matches the model (its vocabulary size must not exceed config.vocab_size), or call "
+            "model.resize_token_embeddings(len(tokenizer))."
+        )
+
+
+def _check_mask(mask: torch.Tensor | None, shape: tuple[int, int], name: str, what: str) -> None:
+    if mask is None or mask.dim() == 4:  # a prepared 4D mask is the caller's responsibility
+        return
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)} but {what} needs {tuple(shape)}.")
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: "the output embeddings are offset by one position" (§3.1)."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
+    """Position of each token counted over real tokens only, so left padding does not shift positions.
+
+    `attention_mask` covers past and current tokens, shape (batch, past_length + length). Returns
+    (batch, length), or (1, length) without a mask.
+    """
+    if attention_mask is None or attention_mask.dim() != 2:
+        return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)[:, -length:]
+
+
+# --- §3.5 Positional encoding ---
+
+
+def sinusoid_table(num_positions: int, d_model: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): sine on even dims, cosine on odd."""
+    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (positions, 1)
+    inv_freq = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (d_model/2,)
+    angles = position * inv_freq  # (positions, d_model/2)
+    table = torch.empty(num_positions, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles)
+    return table.float()
+
+
+class VanillaTransformerSinusoidalPositionalEncoding(nn.Module):
+    """§3.5: fixed sinusoids; computed for any position, so inputs longer than the table still work."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.d_model = config.d_model
+        self.register_buffer("table", sinusoid_table(config.max_position_embeddings, config.d_model), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
+        if max_length > self.table.shape[0]:
+            # Grow to the next power of two so a long generation does not rebuild the table every step.
+            size = 1 << (max_length - 1).bit_length()
+            self.table = sinusoid_table(size, self.d_model).to(self.table.device)
+        return self.table[position_ids]  # (batch, length, d_model)
+
+
+class VanillaTransformerLearnedPositionalEmbedding(nn.Embedding):
+    """Table 3 row E: one learned vector per position, up to `max_position_embeddings`."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config.max_position_embeddings, config.d_model)
+
+    def forward(self, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
+        if max_length > self.num_embeddings:
+            raise ValueError(
+                f"The sequence needs {max_length} positions but the learned position table has "
+                f"max_position_embeddings={self.num_embeddings}. Shorten the input (or max_new_tokens), or use "
+                "a model with position_embedding='sinusoidal', which has no length limit."
+            )
+        return super().forward(position_ids)
+
+
+def build_positions(config: VanillaTransformerConfig) -> nn.Module:
+    if config.position_embedding == "learned":
+        return VanillaTransformerLearnedPositionalEmbedding(config)
+    return VanillaTransformerSinusoidalPositionalEncoding(config)
+
+
+# --- §3.2 Attention ---
+
+
+def scaled_dot_product_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """§3.2.1: softmax(Q K^T / sqrt(d_k)) V, written out so the weights can be returned ("eager")."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (batch, heads, q_len, k_len)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value)  # (batch, heads, q_len, d_v)
+    return output.transpose(1, 2).contiguous(), weights  # (batch, q_len, heads, d_v)
+
+
+class VanillaTransformerAttention(nn.Module):
+    """§3.2.2: MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    Self-attention when `key_value_states` is None, encoder-decoder attention otherwise. The kernel comes
+    from transformers' attention registry (config._attn_implementation: "sdpa", "eager", flash, flex).
+    """
+
+    def __init__(self, config: VanillaTransformerConfig, is_causal: bool = False, layer_idx: int | None = None):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_heads
+        self.d_k = config.d_k
+        self.d_v = config.d_v
+        self.scaling = config.d_k**-0.5
+        self.is_causal = is_causal
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(config.d_model, config.num_heads * config.d_k)
+        self.k_proj = nn.Linear(config.d_model, config.num_heads * config.d_k)
+        self.v_proj = nn.Linear(config.d_model, config.num_heads * config.d_v)
+        self.out_proj = nn.Linear(config.num_heads * config.d_v, config.d_model)
+
+    def _heads(self, states: torch.Tensor, size: int) -> torch.Tensor:
+        batch, length, _ = states.shape
+        return states.view(batch, length, self.num_heads, size).transpose(1, 2)  # (batch, heads, length, size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        is_cross = key_value_states is not None
+        query = self._heads(self.q_proj(hidden_states), self.d_k)
+
+        layer_cache = None
+        if cache is not None:
+            if isinstance(cache, EncoderDecoderCache):
+                layer_cache = cache.cross_attention_cache if is_cross else cache.self_attention_cache
+            else:
+                layer_cache = cache
+
+        if is_cross and layer_cache is not None and cache.is_updated.get(self.layer_idx, False):
+            # The encoder output does not change while decoding: its keys and values are computed once.
+            key = layer_cache.layers[self.layer_idx].keys
+            value = layer_cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross else hidden_states
+            key = self._heads(self.k_proj(source), self.d_k)
+            value = self._heads(self.v_proj(source), self.d_v)
+            if layer_cache is not None:
+                key, value = layer_cache.update(key, value, self.layer_idx)
+                if is_cross:
+                    cache.is_updated[self.layer_idx] = True
+
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, scaled_dot_product_attention
+        )
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(*hidden_states.shape[:-1], self.num_heads * self.d_v)  # concat heads
+        return self.out_proj(output), weights
+
+
+# --- §3.3 Position-wise feed-forward network ---
+
+
+class VanillaTransformerFeedForward(nn.Module):
+    """§3.3: FFN(x) = max(0, x W1 + b1) W2 + b2, applied to each position alone."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.d_ff)
+        self.fc2 = nn.Linear(config.d_ff, config.d_model)
+        self.activation = ACT2FN[config.activation_function]
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation(self.fc1(hidden_states))
+        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        return self.fc2(hidden_states)
+
+
+# --- §3.1 Encoder and decoder layers ---
+
+
+class VanillaTransformerSublayer(nn.Module):
+    """§3.1/§5.4: the residual connection and layer norm around every sub-layer.
+
+    "post": LayerNorm(x + Dropout(Sublayer(x))), as in the paper; "pre": x + Dropout(Sublayer(LayerNorm(x))).
+    """
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.pre_norm = config.norm_position == "pre"
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, ...]:
+        output, *extra = sublayer(self.norm(x) if self.pre_norm else x)
+        x = x + F.dropout(output, p=self.dropout, training=self.training)
+        return (x if self.pre_norm else self.norm(x), *extra)
+
+
+class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):
+    """§3.1: multi-head self-attention, then the feed-forward network, each wrapped in a `Sublayer`."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.self_attn = VanillaTransformerAttention(config)
+        self.self_attn_sublayer = VanillaTransformerSublayer(config)
+        self.feed_forward = VanillaTransformerFeedForward(config)
+        self.feed_forward_sublayer = VanillaTransformerSublayer(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        hidden_states, weights = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)
+        )
+        (hidden_states,) = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
+        return hidden_states, weights
+
+
+class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
+    """§3.1: masked self-attention, attention over the encoder output, then the feed-forward network."""
+
+    def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = VanillaTransformerAttention(config, is_causal=True, layer_idx=layer_idx)
+        self.self_attn_sublayer = VanillaTransformerSublayer(config)
+        self.cross_attn = VanillaTransformerAttention(config, layer_idx=layer_idx)
+        self.cross_attn_sublayer = VanillaTransformerSublayer(config)
+        self.feed_forward = VanillaTransformerFeedForward(config)
+        self.feed_forward_sublayer = VanillaTransformerSublayer(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ):
+        hidden_states, self_weights = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, cache=cache, **kwargs)
+        )
+        hidden_states, cross_weights = self.cross_attn_sublayer(
+            hidden_states,
+            lambda x: self.cross_attn(
+                x, key_value_states=encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache, **kwargs
+            ),
+        )
+        (hidden_states,) = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
+        return hidden_states, self_weights, cross_weights
+
+
+# --- Pretrained-model plumbing: weight init, ties, attention backends ---
+
+
+class VanillaTransformerPreTrainedModel(PreTrainedModel):
+    config_class = VanillaTransformerConfig
+    config: VanillaTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VanillaTransformerEncoderLayer", "VanillaTransformerDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        config = self.config
+        if isinstance(module, VanillaTransformerSinusoidalPositionalEncoding):
+            init.copy_(module.table, sinusoid_table(module.table.shape[0], module.d_model))
+        elif isinstance(module, nn.Linear):
+            if config.init_scheme == "xavier":
+                init.xavier_uniform_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=config.init_std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            # With scale_embedding the N(0, d_model^-0.5) vectors reach unit scale after the sqrt(d_model) factor.
+            std = config.d_model**-0.5 if config.init_scheme == "xavier" else config.init_std
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        # transformers gates every tie on `tie_word_embeddings`; here each of §3.4's two ties has its own
+        # switch, so `_tied_weights_keys` (built from the config in __init__) is the whole answer.
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        return dict(self._tied_weights_keys or {})
+
+
+# --- §3.1 The two stacks ---
+
+
+class VanillaTransformerStack(nn.Module):
+    """What both stacks share: the bottom of §3.4 + §3.5 (token embedding x sqrt(d_model), plus positions,
+    then dropout) and, for pre-norm, the final LayerNorm."""
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = embed_tokens
+        self.embed_positions = build_positions(config)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.final_norm = (
+            nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
+        )
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
+        hidden_states = inputs_embeds * self.embed_scale + self.embed_positions(position_ids, max_length)
+        return F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+    def finish(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.final_norm(hidden_states) if self.final_norm is not None else hidden_states
+
+
+def _collect(enabled: bool) -> list | None:
+    return [] if enabled else None
+
+
+class VanillaTransformerEncoder(VanillaTransformerStack):
+    """§3.1: a stack of `encoder_layers` identical layers over the embedded source."""
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens)
+        self.layers = nn.ModuleList(VanillaTransformerEncoderLayer(config) for _ in range(config.encoder_layers))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the encoder.")
+        if input_ids is not None:
+            _check_ids(input_ids, self.embed_tokens.num_embeddings, "input_ids")
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        if batch == 0 or length == 0:
+            raise ValueError(f"The encoder input is empty (batch {batch}, length {length}).")
+        _check_mask(attention_mask, (batch, length), "attention_mask", "input_ids")
+
+        position_ids = positions_from_mask(attention_mask, 0, length, inputs_embeds.device)
+        hidden_states = self.embed(inputs_embeds, position_ids, length)
+        mask = create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+
+        all_hidden, all_attentions = _collect(output_hidden_states), _collect(output_attentions)
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            hidden_states, weights = layer(hidden_states, mask, **kwargs)
+            if all_attentions is not None:
+                all_attentions.append(weights)
+        hidden_states = self.finish(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+
+        output = BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VanillaTransformerDecoder(VanillaTransformerStack):
+    """§3.1: a stack of `decoder_layers` layers; position i attends to target positions <= i and to the source."""
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens)
+        self.layers = nn.ModuleList(
+            VanillaTransformerDecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        use_cache = use_cache if use_cache is not None else config.use_cache
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of decoder_input_ids and decoder_inputs_embeds to the decoder.")
+        if encoder_hidden_states is None:
+            raise ValueError("The decoder needs encoder_hidden_states: run the encoder first (or pass input_ids).")
+        if input_ids is not None:
+            _check_ids(input_ids, self.embed_tokens.num_embeddings, "decoder_input_ids")
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        if encoder_hidden_states.shape[0] != batch:
+            raise ValueError(
+                f"The decoder input has batch size {batch} but the encoder output has {encoder_hidden_states.shape[0]}."
+            )
+        _check_mask(encoder_attention_mask, tuple(encoder_hidden_states.shape[:2]), "attention_mask", "the source")
+
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        past_length = cache.get_seq_length() if cache is not None else 0
+        _check_mask(attention_mask, (batch, past_length + length), "decoder_attention_mask", "past + current targets")
+
+        position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
+        hidden_states = self.embed(inputs_embeds, position_ids, past_length + length)
+        self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        causal_mask = create_causal_mask(
+            config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
+        )
+        cross_mask = create_bidirectional_mask(
+            config=config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+
+        all_hidden = _collect(output_hidden_states)
+        all_attentions, all_cross = _collect(output_attentions), _collect(output_attentions)
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, causal_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, cache=cache, **kwargs
+            )
+            if all_attentions is not None:
+                all_attentions.append(self_weights)
+                all_cross.append(cross_weights)
+        hidden_states = self.finish(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
+            cross_attentions=tuple(all_cross) if all_cross is not None else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# --- The model ---
+
+
+class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
+    """Encoder and decoder (§3.1), returning the decoder's last hidden states (`Seq2SeqModelOutput`)."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        source_embed = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        target_embed = (
+            source_embed
+            if config.share_encoder_decoder_embeddings
+            else nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        )
+        self.encoder = VanillaTransformerEncoder(config, source_embed)
+        self.decoder = VanillaTransformerDecoder(config, target_embed)
+        self._tied_weights_keys = (
+            {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
+            if config.share_encoder_decoder_embeddings
+            else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.set_input_embeddings(value)
+        if self.config.share_encoder_decoder_embeddings:
+            self.decoder.set_input_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                **kwargs,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError(
+                "Pass decoder_input_ids (the target shifted right), or labels to VanillaTransformerForConditionalGeneration."
+            )
+
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
+    """The model with its pre-softmax linear layer (§3.4): next-token logits, a loss from `labels`, `generate()`."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        self.model = VanillaTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        ties = {f"model.{k}": f"model.{v}" for k, v in (self.model._tied_weights_keys or {}).items()}
+        if config.tie_word_embeddings:
+            ties["lm_head.weight"] = "model.decoder.embed_tokens.weight"
+            if config.share_encoder_decoder_embeddings:
+                ties["lm_head.weight"] = "model.encoder.embed_tokens.weight"
+        self._tied_weights_keys = ties or None
+        self.post_init()
+
+    def get_encoder(self, modality: str | None = None):
+        return self.model.encoder
+
+    def get_decoder(self):
+        return self.model.decoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True) -> nn.Embedding:
+        """Resize source, target and output vocabularies together, keeping the ties of §3.4."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if not self.config.share_encoder_decoder_embeddings:
+            decoder_embed = self._get_resized_embeddings(
+                self.model.decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
+            )
+            self.model.decoder.set_input_embeddings(decoder_embed)
+            if self.config.tie_word_embeddings:
+                self.lm_head.weight = decoder_embed.weight
+        return embeddings
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        labels: target token ids, -100 where no loss is wanted. Decoder inputs default to them shifted right.
+        num_items_in_batch: number of target tokens in the whole (accumulated, all-rank) batch; the Trainer
+            passes it so that gradient accumulation and several processes give the loss of one big batch.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (batch, tgt_len, vocab)
+
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(logits.shape[:2])}.")
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]),
+                labels.reshape(-1).to(logits.device),
+                ignore_index=-100,
+                label_smoothing=self.config.label_smoothing,
+                reduction="sum" if num_items_in_batch is not None else "mean",
+            )
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "VanillaTransformerPreTrainedModel",
+    "VanillaTransformerModel",
+    "VanillaTransformerForConditionalGeneration",
+]
