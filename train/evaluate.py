@@ -1,0 +1,82 @@
+"""Score a trained model on a test set with sacreBLEU and chrF (signatures printed, so scores compare).
+
+    hf-vanilla-evaluate outputs/vanilla-builtin                       # the built-in task's test split
+    hf-vanilla-evaluate my-model --test_file test.de-en.jsonl --source_lang de --target_lang en
+    hf-vanilla-evaluate my-model --dataset_name wmt14 --dataset_config_name de-en \
+        --source_lang en --target_lang de --split test
+
+Writes the scores as JSON to --output_file when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, load_parallel_data
+from hf_vanilla_transformer.training import translation_scores
+from hf_vanilla_transformer.translation import load_translation_model, translate
+from train.translate import add_generation_arguments, generation_kwargs
+
+
+def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    if args.test_file or args.dataset_name:
+        if not (args.source_lang and args.target_lang):
+            raise SystemExit("error: give --source_lang and --target_lang with --test_file or --dataset_name.")
+        data = load_parallel_data(
+            dataset_name=args.dataset_name,
+            dataset_config_name=args.dataset_config_name,
+            test_file=args.test_file,
+            source_lang=args.source_lang,
+            target_lang=args.target_lang,
+            source_column=args.source_column,
+            target_column=args.target_column,
+        )
+        source_lang, target_lang = args.source_lang, args.target_lang
+    else:
+        data = load_builtin_dataset(seed=args.builtin_seed)
+        source_lang, target_lang = SOURCE_LANG, TARGET_LANG
+    if args.split not in data:
+        raise SystemExit(f"error: the data has no split {args.split!r}; it has {sorted(data)}.")
+    pairs = data[args.split]["translation"]
+    if args.max_samples is not None:
+        pairs = pairs[: args.max_samples]
+    return [p[source_lang] for p in pairs], [p[target_lang] for p in pairs]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="Trained model folder or Hub id.")
+    data = parser.add_argument_group("test data (default: the built-in task)")
+    data.add_argument("--test_file", help="Local .jsonl/.csv/.tsv file or 'test.en,test.de' aligned text files.")
+    data.add_argument("--dataset_name", help="Hub dataset, e.g. wmt14.")
+    data.add_argument("--dataset_config_name", help="Its configuration, e.g. de-en.")
+    data.add_argument("--split", default="test", help="Split to score (default: test).")
+    data.add_argument("--source_lang")
+    data.add_argument("--target_lang")
+    data.add_argument("--source_column")
+    data.add_argument("--target_column")
+    data.add_argument("--builtin_seed", type=int, default=0, help="Seed of the built-in task.")
+    data.add_argument("--max_samples", type=int, help="Score only the first N pairs.")
+    parser.add_argument("--output_file", help="Write the scores here as JSON.")
+    add_generation_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    sources, references = load_test_pairs(args)
+    model, tokenizer = load_translation_model(args.model, device=args.device)
+    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, progress=True, **generation_kwargs(args))
+    scores = translation_scores(hypotheses, references)
+    scores["samples"] = len(references)
+    print(f"BLEU = {scores['bleu']:.2f}  chrF = {scores['chrf']:.2f}  exact match = {scores['exact_match']:.2f}%  ({len(references)} sentences)")
+    print(f"BLEU signature: {scores['bleu_signature']}")
+    print(f"chrF signature: {scores['chrf_signature']}")
+    if args.output_file:
+        Path(args.output_file).write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

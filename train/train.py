@@ -1,0 +1,404 @@
+"""Train a vanilla Transformer from scratch (or fine-tune one) with `Seq2SeqTrainer`.
+
+    hf-vanilla-train                                   # the built-in task, a few minutes on a laptop CPU
+    hf-vanilla-train --output_dir runs/x --recipe paper --dataset_name wmt14 --dataset_config_name de-en \
+        --source_lang en --target_lang de              # the paper's recipe (§5)
+    hf-vanilla-train my_run.yaml                       # every argument from a JSON or YAML file
+
+Arguments are the three dataclasses below plus transformers' `Seq2SeqTrainingArguments`. A recipe
+(`--recipe builtin|paper|paper_big` or a JSON/YAML file) sets defaults; arguments on the command line win.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    GenerationConfig,
+    HfArgumentParser,
+    Seq2SeqTrainingArguments,
+    set_seed,
+)
+
+from hf_vanilla_transformer import VanillaTransformerConfig, table3_config
+from hf_vanilla_transformer.data import (
+    SOURCE_LANG,
+    TARGET_LANG,
+    load_builtin_dataset,
+    load_parallel_data,
+    preprocess_dataset,
+)
+from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
+from hf_vanilla_transformer.training import (
+    VanillaSeq2SeqTrainer,
+    last_complete_checkpoint,
+    make_compute_metrics,
+    paper_learning_rate,
+    translation_scores,
+)
+from hf_vanilla_transformer.translation import translate
+
+logger = logging.getLogger("hf_vanilla_transformer.train")
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_OUTPUT_DIR = "outputs/vanilla-builtin"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Fine-tune this model folder or Hub id instead of training from scratch."}
+    )
+    preset: str = field(
+        default="base",
+        metadata={"help": "Row of the paper's Table 3 to start from: base, big, A1..A4, B1, B2, C1..C7, D1..D4, E."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config values on top of the preset, e.g. 'd_model=256,d_ff=1024,encoder_layers=3'."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub id; default: the model's, or train a new BPE one."}
+    )
+    tokenizer_vocab_size: int = field(
+        default=8000, metadata={"help": "Vocabulary size of a newly trained shared BPE tokenizer (paper: ~37000)."}
+    )
+    tokenizer_train_samples: int | None = field(
+        default=None, metadata={"help": "Train the tokenizer on at most this many pairs (default: all, or 100000 when streaming)."}
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2, flex_attention."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset, e.g. wmt14 (needs internet)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, e.g. de-en."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local .jsonl/.csv/.tsv file, or 'train.en,train.de' aligned text files."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Like train_file, for evaluation during training."})
+    test_file: str | None = field(default=None, metadata={"help": "Like train_file, scored at the end of training."})
+    source_lang: str | None = field(default=None, metadata={"help": "Source language key or column, e.g. en."})
+    target_lang: str | None = field(default=None, metadata={"help": "Target language key or column, e.g. de."})
+    source_column: str | None = field(default=None, metadata={"help": "Flat source column if not named source_lang."})
+    target_column: str | None = field(default=None, metadata={"help": "Flat target column if not named target_lang."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the training data (needs --max_steps)."})
+    max_source_length: int = field(default=256, metadata={"help": "Longer source sentences are dropped (and counted)."})
+    max_target_length: int = field(default=256, metadata={"help": "Longer target sentences are dropped (and counted)."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation pairs."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Use only this many test pairs."})
+    builtin_seed: int = field(default=0, metadata={"help": "Seed of the built-in task's data."})
+    builtin_train_size: int = field(default=20000, metadata={"help": "Training pairs of the built-in task."})
+
+
+@dataclass
+class RecipeArguments:
+    recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "builtin, paper, paper_big, or a JSON/YAML file of arguments. Default: builtin without data "
+            "arguments, paper with them."
+        },
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pack training batches by length up to this many source (and target) tokens per device "
+            "(§5.1; the paper: 25000 per step over 8 GPUs). Unset: per_device_train_batch_size sentences."
+        },
+    )
+    paper_learning_rate: bool = field(
+        default=False,
+        metadata={"help": "Set learning_rate to d_model^-0.5 * warmup_steps^-0.5, the peak of the paper's schedule."},
+    )
+    num_beams: int = field(default=4, metadata={"help": "Beam size saved in generation_config (§6.1: 4)."})
+    length_penalty: float = field(default=0.6, metadata={"help": "Length penalty alpha saved in generation_config (§6.1: 0.6)."})
+    max_new_tokens_beyond_source: int = field(
+        default=50, metadata={"help": "Maximum output length = input length + this (§6.1: 50)."}
+    )
+    num_samples_to_show: int = field(default=5, metadata={"help": "Test sentences printed with their translations."})
+
+
+def load_recipe(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.json"
+        if not path.exists():
+            known = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+            raise ValueError(f"Unknown recipe {name_or_path!r}; choose one of {known} or give a .json/.yaml file.")
+    if not path.exists():
+        raise FileNotFoundError(f"Recipe file {path} does not exist.")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as err:
+            raise ImportError("Reading YAML needs PyYAML: pip install 'hf-vanilla-transformer[train]'.") from err
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}.")
+    if "recipe" in values and path.parent == RECIPES_DIR:
+        values.pop("recipe")
+    return values
+
+
+def parse_args(argv: list[str] | None = None):
+    """Recipe values become defaults; command-line arguments override them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, Seq2SeqTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = ["--recipe", argv[0]]
+    probe, _ = parser.parse_known_args(argv)
+    data_given = any(getattr(probe, k, None) for k in ("dataset_name", "train_file"))
+    recipe_name = probe.recipe or ("paper" if data_given else "builtin")
+    recipe = load_recipe(recipe_name)
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise ValueError(f"Recipe {recipe_name!r} sets unknown arguments {unknown}; see hf-vanilla-train --help.")
+    nested_base = recipe.pop("recipe", None)
+    if nested_base:
+        recipe = {**load_recipe(nested_base), **recipe}
+    parser.set_defaults(**recipe)
+    if "--output_dir" not in argv and not recipe.get("output_dir"):
+        argv += ["--output_dir", DEFAULT_OUTPUT_DIR]
+    model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(argv)
+    recipe_args.recipe = recipe_name
+    return model_args, data_args, recipe_args, training_args
+
+
+def parse_overrides(text: str | None) -> dict:
+    if not text:
+        return {}
+    values = {}
+    for item in text.split(","):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"config_overrides item {item!r} is not key=value (e.g. 'd_model=256,encoder_layers=3').")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw.strip()
+    return values
+
+
+def load_data(data_args: DataArguments, cache_dir: str | None):
+    """The raw DatasetDict (translation column) and the two language keys."""
+    if not (data_args.dataset_name or data_args.train_file):
+        if data_args.source_lang or data_args.target_lang:
+            logger.warning("No data given: the built-in task (%s -> %s) ignores --source_lang/--target_lang.", SOURCE_LANG, TARGET_LANG)
+        raw = load_builtin_dataset(seed=data_args.builtin_seed, train_size=data_args.builtin_train_size)
+        return raw, SOURCE_LANG, TARGET_LANG
+    if not (data_args.source_lang and data_args.target_lang):
+        raise ValueError("Pass --source_lang and --target_lang (e.g. --source_lang en --target_lang de) with your data.")
+    raw = load_parallel_data(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        source_lang=data_args.source_lang,
+        target_lang=data_args.target_lang,
+        source_column=data_args.source_column,
+        target_column=data_args.target_column,
+        streaming=data_args.streaming,
+        cache_dir=cache_dir,
+    )
+    return raw, data_args.source_lang, data_args.target_lang
+
+
+def _limit(dataset, limit: int | None):
+    if limit is None:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(limit)
+    return dataset.select(range(min(limit, len(dataset))))
+
+
+def build_tokenizer(model_args: ModelArguments, train_split, source_lang: str, target_lang: str, streaming: bool):
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    if name:
+        return AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir)
+    limit = model_args.tokenizer_train_samples or (100_000 if streaming else None)
+    pairs = _limit(train_split, limit)
+
+    def texts():
+        for example in pairs:
+            yield example["translation"][source_lang]
+            yield example["translation"][target_lang]
+
+    logger.info("Training a shared BPE tokenizer (vocabulary %d) on the training data.", model_args.tokenizer_vocab_size)
+    return train_bpe_tokenizer(texts(), vocab_size=model_args.tokenizer_vocab_size)
+
+
+def build_model(model_args: ModelArguments, training_args, tokenizer):
+    if model_args.model_name_or_path:
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir, attn_implementation=model_args.attn_implementation
+        )
+        if len(tokenizer) > model.config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the model {model_args.model_name_or_path} only "
+                f"{model.config.vocab_size}: they do not belong together. Use the model's own tokenizer "
+                "(drop --tokenizer_name) or call model.resize_token_embeddings first."
+            )
+        return model
+    values = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.bos_token_id,
+        "label_smoothing": training_args.label_smoothing_factor,
+        **parse_overrides(model_args.config_overrides),
+    }
+    missing = [k for k in ("pad_token_id", "bos_token_id", "eos_token_id") if values[k] is None]
+    if missing:
+        raise ValueError(f"The tokenizer has no {', '.join(missing)}; the model needs pad, bos and eos tokens.")
+    config = table3_config(model_args.preset, **values)
+    config._attn_implementation = model_args.attn_implementation
+    from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+    return VanillaTransformerForConditionalGeneration(config)
+
+
+def paper_generation_config(model, recipe_args: RecipeArguments) -> GenerationConfig:
+    config = model.config
+    return GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        num_beams=recipe_args.num_beams,
+        length_penalty=recipe_args.length_penalty,
+        early_stopping=True,
+        max_new_tokens_beyond_source=recipe_args.max_new_tokens_beyond_source,
+    )
+
+
+def save_final(trainer, tokenizer, output_dir: str) -> None:
+    """Model, tokenizer and generation config into `output_dir`, each file moved in whole (never half-written)."""
+    staging = os.path.join(output_dir, ".staging", "final")
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(staging)
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(staging)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+        shutil.rmtree(os.path.join(output_dir, ".staging"), ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, recipe_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.set_verbosity_warning()
+    logger.info("Recipe %s; output in %s", recipe_args.recipe, training_args.output_dir)
+    set_seed(training_args.seed)
+    started = time.time()
+
+    # Everything that can be wrong with the inputs fails here, before the output folder is touched.
+    raw, source_lang, target_lang = load_data(data_args, model_args.cache_dir)
+    if "train" not in raw and training_args.do_train:
+        raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
+    with training_args.main_process_first(desc="tokenizer"):
+        tokenizer = build_tokenizer(model_args, raw["train"], source_lang, target_lang, data_args.streaming)
+    model = build_model(model_args, training_args, tokenizer)
+    training_args.label_smoothing_factor = 0.0  # the model applies config.label_smoothing itself
+    if recipe_args.paper_learning_rate:
+        training_args.learning_rate = paper_learning_rate(model.config.d_model, max(1, training_args.warmup_steps))
+        logger.info("Learning rate peak %.3g (d_model^-0.5 * warmup^-0.5, §5.3).", training_args.learning_rate)
+    model.generation_config = paper_generation_config(model, recipe_args)
+
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
+    raw = datasets.DatasetDict({k: _limit(v, limits.get(k)) for k, v in raw.items()}) if not data_args.streaming else raw
+    with training_args.main_process_first(desc="preprocessing"):
+        processed, stats = preprocess_dataset(
+            raw,
+            tokenizer,
+            source_lang,
+            target_lang,
+            max_source_length=data_args.max_source_length,
+            max_target_length=data_args.max_target_length,
+            num_proc=data_args.preprocessing_num_workers,
+        )
+    logger.info("Data after filtering: %s", stats)
+    if training_args.do_train and not data_args.streaming and len(processed["train"]) == 0:
+        raise ValueError("No training pairs are left after filtering; see the counts above (raise --max_source_length?).")
+
+    eval_split = processed.get("validation")
+    if eval_split is None and training_args.eval_strategy != "no":
+        logger.warning("No validation split: evaluation during training is turned off.")
+        training_args.eval_strategy = "no"
+    trainer = VanillaSeq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=processed.get("train"),
+        eval_dataset=eval_split,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        compute_metrics=make_compute_metrics(tokenizer),
+        max_tokens_per_batch=recipe_args.max_tokens_per_batch,
+    )
+
+    results = {}
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.info("Resuming from %s", checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        save_final(trainer, tokenizer, training_args.output_dir)
+        results.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()})
+
+    test_split = processed.get("test")
+    if test_split is not None and training_args.should_save:
+        sources = [ex[source_lang] for ex in raw["test"]["translation"]] if not data_args.streaming else None
+        if sources is not None:
+            references = [ex[target_lang] for ex in raw["test"]["translation"]]
+            model.eval()
+            hypotheses = translate(
+                model, tokenizer, sources, batch_size=training_args.per_device_eval_batch_size, progress=True
+            )
+            scores = translation_scores(hypotheses, references)
+            results.update({f"test_{k}": v for k, v in scores.items()})
+            results["test_samples"] = len(references)
+            print("\nSample translations from the held-out test split:")
+            for src, hyp, ref in list(zip(sources, hypotheses, references))[: recipe_args.num_samples_to_show]:
+                mark = "ok " if hyp == ref else "ERR"
+                print(f"  [{mark}] {src}\n        -> {hyp}\n   ref: {ref}")
+    results["total_seconds"] = round(time.time() - started, 1)
+    if training_args.should_save:
+        trainer.save_metrics("all", results, combined=False)
+        print("\nFinal scores:", json.dumps({k: v for k, v in results.items() if not k.endswith("signature")}, indent=2))
+        if "test_bleu_signature" in results:
+            print("sacreBLEU signature:", results["test_bleu_signature"])
+        print(f"Model folder: {training_args.output_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
