@@ -1,0 +1,745 @@
+"""Parallel text for translation: the built-in toy task, user corpora, and tokenized splits.
+
+Every loader returns a `DatasetDict` (or `IterableDatasetDict` when streaming) whose splits have one
+column, "translation", holding `{source_lang: text, target_lang: text}` dicts, the layout of the
+WMT datasets on the Hub. `preprocess_dataset` turns that into model inputs.
+
+The built-in task translates English-like sentences ("en") into an invented language ("toy")
+whose words are made of syllables drawn from the seed. The source grammar:
+
+    sentence := clause [conjunction clause]
+    clause   := NP verb [NP] [preposition NP] [adverb]         (the verb agrees with the subject)
+    NP       := (determiner | [determiner] number) adjective{0,2} noun ["that" verb [NP]]
+
+The target is verb-final, mirrors the noun phrase (noun, adjectives in reverse, number,
+determiner), turns prepositions into postpositions, marks subject and object with particles,
+puts a relative clause after its noun in verb-final order, and adds suffixes for plural nouns
+and for verbs with a plural subject. A validation pair for seed 0:
+
+    en:  my chairs touch those pictures near their old busy soldier
+    toy: mirpakfal tanur gu vioral evear bekpu zor zekres rehispufal von bal vebutinvik
+
+("gu" marks the subject, "bal" the object, "-fal" a plural noun, "-vik" a plural subject.)
+Each source sentence has exactly one translation, so a model can learn to translate it perfectly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Translation, Value
+
+logger = logging.getLogger(__name__)
+
+SOURCE_LANG = "en"
+TARGET_LANG = "toy"
+TRANSLATION_COLUMN = "translation"
+
+# ---------------------------------------------------------------------------------------------
+# The built-in task
+# ---------------------------------------------------------------------------------------------
+
+# Every surface form below belongs to one category only, so the source never has two readings.
+_NOUNS = (
+    "dog cat bird horse farmer teacher doctor student king queen girl boy friend neighbor baker "
+    "painter sailor soldier writer singer river mountain forest garden house village city castle "
+    "bridge road market school tower island ship boat wagon apple pie cake letter book song story "
+    "picture window door table chair lamp key box bottle basket flower tree stone coin ring hat "
+    "coat shoe cup plate candle clock map rope lion fox rabbit owl frog duck goat monkey pony lady "
+    "church dish glass bench berry"
+).split()
+_ADJECTIVES = (
+    "big small old young red blue green yellow white black happy sad tall short quiet loud brave "
+    "clever lazy busy strong weak rich poor kind bright dark warm cold heavy soft hard new famous "
+    "strange beautiful tiny hungry angry gentle proud wild"
+).split()
+_TRANSITIVE_VERBS = (
+    "see find like love help follow watch carry push pull paint draw build open close wash visit "
+    "greet chase catch hold buy sell bring take meet call teach know remember forget touch throw "
+    "kick read hide fix miss"
+).split()
+_INTRANSITIVE_VERBS = (
+    "sleep run dance laugh cry swim jump wait smile shout rest fall travel work arrive speak".split()
+)
+_ADVERBS = (
+    "quickly slowly happily sadly quietly loudly carefully often always sometimes today again "
+    "together early late now gladly bravely silently soon"
+).split()
+_PREPOSITIONS = "in on near behind under above beside with without from across through into around".split()
+_SINGULAR_DETERMINERS = ("a", "this", "every", "each")
+_PLURAL_DETERMINERS = ("these", "those", "many", "several", "some")
+_SHARED_DETERMINERS = ("the", "my", "your", "his", "her", "our", "their", "no")
+_NUMBER_DETERMINERS = ("the", "my", "your", "his", "her", "our", "their", "these", "those")
+_NUMBERS = "two three four five six seven eight nine ten eleven twelve".split()
+_CONJUNCTIONS = ("and", "but", "because", "while", "so")
+_RELATIVE = "that"
+
+_MAX_SOURCE_WORDS = 25
+
+_ONSETS = ("", "p", "t", "k", "b", "d", "g", "m", "n", "l", "r", "s", "v", "f", "h", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "", "n", "l", "r", "s", "k")
+
+
+def _plural(word: str) -> str:
+    """English -s/-es/-ies inflection, used for both plural nouns and third-person verbs."""
+    if word.endswith(("s", "sh", "ch", "x", "z", "o")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+@dataclass(frozen=True)
+class _Lexicon:
+    """The invented target language: a word per source lemma plus its suffixes and particles."""
+
+    words: dict[str, str]
+    plural_suffix: str
+    verb_plural_suffix: str
+    subject_marker: str
+    object_marker: str
+    relative_marker: str
+
+
+def _build_lexicon(rng: random.Random) -> _Lexicon:
+    used: set[str] = set()
+
+    def syllables(count: int) -> str:
+        return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(count))
+
+    def fresh(min_syllables: int, max_syllables: int, suffix: str = "") -> str:
+        # A new word must differ from every earlier word and inflected form, so target words
+        # never collide and the task stays unambiguous in both directions.
+        while True:
+            word = syllables(rng.randint(min_syllables, max_syllables))
+            forms = {word, word + suffix}
+            if not forms & used:
+                used.update(forms)
+                return word
+
+    plural_suffix = fresh(1, 1)
+    verb_plural_suffix = fresh(1, 1)
+    subject_marker, object_marker, relative_marker = fresh(1, 1), fresh(1, 1), fresh(1, 1)
+    words: dict[str, str] = {}
+    for noun in _NOUNS:
+        words[noun] = fresh(2, 3, plural_suffix)
+    for verb in _TRANSITIVE_VERBS + _INTRANSITIVE_VERBS:
+        words[verb] = fresh(2, 3, verb_plural_suffix)
+    for word in _ADJECTIVES + _ADVERBS:
+        words[word] = fresh(2, 3)
+    determiners = dict.fromkeys(_SINGULAR_DETERMINERS + _PLURAL_DETERMINERS + _SHARED_DETERMINERS)
+    for word in [*_PREPOSITIONS, *determiners, *_NUMBERS, *_CONJUNCTIONS]:
+        words[word] = fresh(1, 2)
+    return _Lexicon(words, plural_suffix, verb_plural_suffix, subject_marker, object_marker, relative_marker)
+
+
+def _verb(rng: random.Random, lexicon: _Lexicon, plural_subject: bool, transitive: bool) -> tuple[str, str]:
+    lemma = rng.choice(_TRANSITIVE_VERBS if transitive else _INTRANSITIVE_VERBS)
+    if plural_subject:
+        return lemma, lexicon.words[lemma] + lexicon.verb_plural_suffix
+    return _plural(lemma), lexicon.words[lemma]
+
+
+def _noun_phrase(
+    rng: random.Random, lexicon: _Lexicon, allow_relative: bool
+) -> tuple[list[str], list[str], bool]:
+    """Return the source words, the target words and whether the phrase is plural."""
+    noun = rng.choice(_NOUNS)
+    number = None
+    if rng.random() < 0.15:
+        number, plural = rng.choice(_NUMBERS), True
+        determiner = rng.choice(_NUMBER_DETERMINERS + (None,) * 3)
+    else:
+        plural = rng.random() < 0.3
+        determiner = rng.choice(
+            _SHARED_DETERMINERS + (_PLURAL_DETERMINERS if plural else _SINGULAR_DETERMINERS)
+        )
+    adjectives = rng.sample(_ADJECTIVES, k=rng.choices((0, 1, 2), weights=(55, 30, 15))[0])
+
+    source = [word for word in (determiner, number, *adjectives) if word is not None]
+    source.append(_plural(noun) if plural else noun)
+    if determiner == "a" and source[1][0] in "aeiou":
+        source[0] = "an"
+    target = [lexicon.words[noun] + (lexicon.plural_suffix if plural else "")]
+    target += [lexicon.words[word] for word in reversed(adjectives)]
+    target += [lexicon.words[word] for word in (number, determiner) if word is not None]
+
+    if allow_relative and rng.random() < 0.12:
+        transitive = rng.random() < 0.6
+        verb_source, verb_target = _verb(rng, lexicon, plural, transitive)
+        source += [_RELATIVE, verb_source]
+        target.append(lexicon.relative_marker)
+        if transitive:
+            object_source, object_target, _ = _noun_phrase(rng, lexicon, allow_relative=False)
+            source += object_source
+            target += [*object_target, lexicon.object_marker]
+        target.append(verb_target)
+    return source, target, plural
+
+
+def _clause(rng: random.Random, lexicon: _Lexicon) -> tuple[list[str], list[str]]:
+    subject_source, subject_target, plural = _noun_phrase(rng, lexicon, allow_relative=True)
+    transitive = rng.random() < 0.65
+    verb_source, verb_target = _verb(rng, lexicon, plural, transitive)
+    source = [*subject_source, verb_source]
+    target = [*subject_target, lexicon.subject_marker]
+    object_target: list[str] = []
+    if transitive:
+        object_source, object_target, _ = _noun_phrase(rng, lexicon, allow_relative=True)
+        source += object_source
+        object_target = [*object_target, lexicon.object_marker]
+    if rng.random() < 0.35:
+        preposition = rng.choice(_PREPOSITIONS)
+        place_source, place_target, _ = _noun_phrase(rng, lexicon, allow_relative=False)
+        source += [preposition, *place_source]
+        target += [*place_target, lexicon.words[preposition]]
+    target += object_target
+    if rng.random() < 0.3:
+        adverb = rng.choice(_ADVERBS)
+        source.append(adverb)
+        target.append(lexicon.words[adverb])
+    target.append(verb_target)
+    return source, target
+
+
+def _sentence_pair(rng: random.Random, lexicon: _Lexicon) -> tuple[str, str]:
+    while True:
+        source, target = _clause(rng, lexicon)
+        if rng.random() < 0.25:
+            conjunction = rng.choice(_CONJUNCTIONS)
+            second_source, second_target = _clause(rng, lexicon)
+            source += [conjunction, *second_source]
+            target += [lexicon.words[conjunction], *second_target]
+        if len(source) <= _MAX_SOURCE_WORDS:
+            return " ".join(source), " ".join(target)
+
+
+def _check_size(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+
+
+def _translation_features(source_lang: str, target_lang: str) -> Features:
+    return Features({TRANSLATION_COLUMN: Translation(languages=[source_lang, target_lang])})
+
+
+def load_builtin_dataset(
+    seed: int = 0, train_size: int = 20000, validation_size: int = 500, test_size: int = 500
+) -> DatasetDict:
+    """Generate the built-in en -> toy task described in this module's docstring.
+
+    The same seed gives the same lexicon and the same sentences. No source sentence occurs twice,
+    so validation and test are disjoint from train and from each other; they are drawn first, so
+    they stay the same when only `train_size` changes.
+    """
+    _check_size("seed", seed, 0)
+    _check_size("train_size", train_size, 1)
+    _check_size("validation_size", validation_size, 0)
+    _check_size("test_size", test_size, 0)
+    rng = random.Random(seed)
+    lexicon = _build_lexicon(rng)
+    wanted = validation_size + test_size + train_size
+    pairs: dict[str, str] = {}
+    attempts = 0
+    while len(pairs) < wanted:
+        attempts += 1
+        if attempts > 100 * wanted:
+            raise ValueError(f"Could not draw {wanted} distinct sentences; ask for fewer examples.")
+        source, target = _sentence_pair(rng, lexicon)
+        # A repeat with another translation would make the task ambiguous: a grammar bug.
+        if pairs.setdefault(source, target) != target:
+            raise RuntimeError(f"The built-in grammar gave two translations for {source!r}.")
+
+    rows = [{SOURCE_LANG: source, TARGET_LANG: target} for source, target in pairs.items()]
+    bounds = {
+        "train": (validation_size + test_size, wanted),
+        "validation": (0, validation_size),
+        "test": (validation_size, validation_size + test_size),
+    }
+    features = _translation_features(SOURCE_LANG, TARGET_LANG)
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({TRANSLATION_COLUMN: rows[start:end]}, features=features)
+            for split, (start, end) in bounds.items()
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# User corpora: the Hub or local files
+# ---------------------------------------------------------------------------------------------
+
+_JSON_SUFFIXES = (".jsonl", ".json")
+_CSV_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+
+FileArgument = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+@dataclass(frozen=True)
+class _FileSpec:
+    """One split's files: a JSON or CSV/TSV file, or an aligned (source, target) text pair."""
+
+    split: str
+    paths: tuple[Path, ...]
+
+    @property
+    def origin(self) -> str:
+        return " + ".join(str(path) for path in self.paths)
+
+
+def _file_spec(split: str, value: FileArgument) -> _FileSpec:
+    if isinstance(value, (str, os.PathLike)):
+        parts = str(value).split(",") if isinstance(value, str) else [value]
+    elif isinstance(value, Sequence):
+        parts = list(value)
+    else:
+        raise TypeError(
+            f"{split}_file must be a path, a 'source,target' string or a (source, target) pair of "
+            f"paths, got {type(value).__name__}."
+        )
+    if len(parts) not in (1, 2) or any(not str(part).strip() for part in parts):
+        raise ValueError(
+            f"{split}_file={value!r} is not understood: give one .jsonl/.json/.csv/.tsv file, or two "
+            "aligned text files as 'train.en,train.de' or ('train.en', 'train.de')."
+        )
+    paths = tuple(Path(str(part).strip()) for part in parts)
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{split}_file: {path} does not exist or is not a file.")
+    if len(paths) == 1 and paths[0].suffix.lower() not in _JSON_SUFFIXES + tuple(_CSV_SEPARATORS):
+        raise ValueError(
+            f"{split}_file={str(paths[0])!r} has the unsupported extension {paths[0].suffix!r}: use "
+            ".jsonl, .json, .csv or .tsv, or pass plain text as an aligned pair of files "
+            "'train.en,train.de' (one sentence per line)."
+        )
+    return _FileSpec(split, paths)
+
+
+def _json_problem(path: Path, split: str) -> str | None:
+    """Say what is wrong with a JSON file that datasets failed to load: its errors name no line."""
+    with path.open(encoding="utf-8") as handle:
+        text = handle.read()
+    if text.lstrip().startswith("["):  # one JSON document rather than JSON lines
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"{path}, line {error.lineno}: not valid JSON ({error.msg})."
+        return f"The {split} split is empty: {path} holds an empty list." if records == [] else None
+    found = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            return (
+                f"{path}, line {number}: not valid JSON ({error.msg}). Each line must be one object "
+                'such as {"translation": {"en": "...", "de": "..."}} or {"en": "...", "de": "..."}.'
+            )
+        if not isinstance(record, dict):
+            return f"{path}, line {number}: expected a JSON object, found {type(record).__name__}."
+        found = True
+    return None if found else f"The {split} split is empty: {path} has no records."
+
+
+def _load_json(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Dataset | IterableDataset:
+    path = spec.paths[0]
+    try:
+        dataset = datasets.load_dataset(
+            "json", data_files=str(path), split="train", streaming=streaming, cache_dir=cache_dir
+        )
+        if streaming:  # reading the first records now surfaces a broken file before training
+            next(iter(dataset), None)
+        return dataset
+    except Exception as error:
+        # Only a failed load pays for the line-by-line scan.
+        problem = _json_problem(path, spec.split)
+        if problem is None:
+            raise
+        raise ValueError(problem) from error
+
+
+def _load_csv(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Dataset | IterableDataset:
+    path = spec.paths[0]
+    separator = _CSV_SEPARATORS[path.suffix.lower()]
+    # Sentences contain quotes; in TSV they are text, not field delimiters.
+    quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle, delimiter=separator, quoting=quoting)
+        header = next(rows, None)
+        if header is None or next(rows, None) is None:
+            raise ValueError(
+                f"The {spec.split} split is empty: {path} has no data rows. Expected a header line "
+                "naming the columns, then one sentence pair per line."
+            )
+    try:
+        return datasets.load_dataset(
+            "csv",
+            data_files=str(path),
+            split="train",
+            streaming=streaming,
+            cache_dir=cache_dir,
+            sep=separator,
+            quoting=quoting,
+            # Read every column as text: "NA" and "1984" are sentences here, not a gap and a number.
+            features=Features({column: Value("string") for column in header}),
+            keep_default_na=False,
+            na_filter=False,
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise ValueError(
+            f"{path}: could not parse it as {path.suffix[1:].upper()} ({error.__cause__})."
+        ) from error
+
+
+def _count_lines(path: Path) -> int:
+    count, last = 0, b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _read_text_pair(source_path: str, target_path: str, source_lang: str, target_lang: str, signature: str):
+    # newline="\n": split where _count_lines counts, even if a sentence contains a bare "\r".
+    with (
+        open(source_path, encoding="utf-8", newline="\n") as sources,
+        open(target_path, encoding="utf-8", newline="\n") as targets,
+    ):
+        for source, target in zip(sources, targets, strict=True):
+            yield {
+                TRANSLATION_COLUMN: {source_lang: source.rstrip("\r\n"), target_lang: target.rstrip("\r\n")}
+            }
+
+
+def _load_text_pair(
+    spec: _FileSpec, source_lang: str, target_lang: str, streaming: bool, cache_dir: str | None
+) -> Dataset | IterableDataset:
+    source_path, target_path = spec.paths
+    source_lines, target_lines = _count_lines(source_path), _count_lines(target_path)
+    if source_lines != target_lines:
+        raise ValueError(
+            f"The {spec.split} text files are not aligned: {source_path} has {source_lines} lines but "
+            f"{target_path} has {target_lines}. They need one sentence per line, line i of one "
+            "translating line i of the other."
+        )
+    if source_lines == 0:
+        raise ValueError(f"The {spec.split} split is empty: {source_path} and {target_path} have no lines.")
+    # The signature makes datasets' cache see an edited file, which it would not from the path
+    # alone. A string, because datasets would split a list in gen_kwargs into shards.
+    signature = " ".join(f"{os.stat(path).st_mtime_ns}:{os.stat(path).st_size}" for path in spec.paths)
+    kwargs = {
+        "source_path": str(source_path),
+        "target_path": str(target_path),
+        "source_lang": source_lang,
+        "target_lang": target_lang,
+        "signature": signature,
+    }
+    features = _translation_features(source_lang, target_lang)
+    if streaming:
+        return IterableDataset.from_generator(_read_text_pair, features=features, gen_kwargs=kwargs)
+    return Dataset.from_generator(_read_text_pair, features=features, gen_kwargs=kwargs, cache_dir=cache_dir)
+
+
+def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    first = next(iter(dataset), None)  # some streamed datasets only know their columns once read
+    return list(first) if first is not None else []
+
+
+def _translation_languages(dataset: Dataset | IterableDataset) -> list[str]:
+    feature = (dataset.features or {}).get(TRANSLATION_COLUMN)
+    if isinstance(feature, Translation):
+        return list(feature.languages)
+    if isinstance(feature, dict):
+        return list(feature)
+    first = next(iter(dataset), None)
+    value = first.get(TRANSLATION_COLUMN) if first is not None else None
+    return list(value) if isinstance(value, dict) else []
+
+
+def _check_translation_column(
+    dataset: Dataset | IterableDataset, origin: str, source_lang: str, target_lang: str
+) -> None:
+    columns = _column_names(dataset)
+    if TRANSLATION_COLUMN not in columns:
+        raise ValueError(
+            f"{origin}: no '{TRANSLATION_COLUMN}' column; the columns are {columns}. Load the data "
+            "with load_parallel_data or load_builtin_dataset, which give that layout."
+        )
+    languages = _translation_languages(dataset)
+    for role, lang in (("source_lang", source_lang), ("target_lang", target_lang)):
+        if lang not in languages:
+            raise ValueError(
+                f"{origin}: the '{TRANSLATION_COLUMN}' column has the languages {languages}, but "
+                f"{role}={lang!r} is not one of them. Pass {role} from that list."
+            )
+
+
+def _check_text_column(dataset: Dataset | IterableDataset, origin: str, column: str) -> None:
+    feature = (dataset.features or {}).get(column)
+    if isinstance(feature, Value) and feature.dtype not in ("string", "large_string", "null"):
+        raise ValueError(
+            f"{origin}: column '{column}' holds {feature.dtype} values, expected text. Check that "
+            "the source and target columns are the right ones."
+        )
+
+
+def _pairs_from_columns(
+    batch: dict[str, list], source_column: str, target_column: str, source_lang: str, target_lang: str
+):
+    return {
+        TRANSLATION_COLUMN: [
+            {source_lang: source, target_lang: target}
+            for source, target in zip(batch[source_column], batch[target_column], strict=True)
+        ]
+    }
+
+
+def _to_translation_layout(
+    dataset: Dataset | IterableDataset,
+    origin: str,
+    source_lang: str,
+    target_lang: str,
+    source_column: str | None,
+    target_column: str | None,
+) -> Dataset | IterableDataset:
+    """Bring a split into the {"translation": {source_lang: ..., target_lang: ...}} layout."""
+    columns = _column_names(dataset)
+    flat = source_column is not None or target_column is not None
+    if not flat and TRANSLATION_COLUMN in columns:
+        _check_translation_column(dataset, origin, source_lang, target_lang)
+        return dataset.select_columns([TRANSLATION_COLUMN]) if columns != [TRANSLATION_COLUMN] else dataset
+    source_column = source_column or source_lang
+    target_column = target_column or target_lang
+    for column in (source_column, target_column):
+        if column not in columns:
+            raise ValueError(
+                f"{origin}: no column '{column}'; the columns are {columns}. Expected a "
+                f"'{TRANSLATION_COLUMN}' column of {{language: text}} dicts, or flat text columns "
+                "named by source_lang/target_lang; name other columns with source_column/target_column."
+            )
+        _check_text_column(dataset, origin, column)
+    return dataset.map(
+        _pairs_from_columns,
+        batched=True,
+        remove_columns=columns,
+        features=_translation_features(source_lang, target_lang),
+        fn_kwargs={
+            "source_column": source_column,
+            "target_column": target_column,
+            "source_lang": source_lang,
+            "target_lang": target_lang,
+        },
+    )
+
+
+def _check_not_empty(dataset: Dataset | IterableDataset, split: str, origin: str) -> None:
+    if isinstance(dataset, IterableDataset):
+        empty = next(iter(dataset), None) is None
+    else:
+        empty = len(dataset) == 0
+    if empty:
+        raise ValueError(f"The {split} split is empty: {origin} holds no sentence pairs.")
+
+
+def load_parallel_data(
+    *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: FileArgument | None = None,
+    validation_file: FileArgument | None = None,
+    test_file: FileArgument | None = None,
+    source_lang: str,
+    target_lang: str,
+    source_column: str | None = None,
+    target_column: str | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+) -> DatasetDict | IterableDatasetDict:
+    """Load a parallel corpus from the Hub (`dataset_name`) or from local files, one per split.
+
+    A local split is a .jsonl/.json or .csv/.tsv file, or two aligned plain-text files (one sentence
+    per line) given as `"train.en,train.de"` or `("train.en", "train.de")`, source first. Records
+    either hold a "translation" dict or flat columns (named source_lang/target_lang unless
+    `source_column`/`target_column` say otherwise). `streaming=True` reads lazily.
+    """
+    for name, value in (("source_lang", source_lang), ("target_lang", target_lang)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty language code such as 'en', got {value!r}.")
+    if source_lang == target_lang:
+        raise ValueError(f"source_lang and target_lang are both {source_lang!r}; they must differ.")
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    given = {split: value for split, value in files.items() if value is not None}
+    if (dataset_name is None) == (not given):
+        raise ValueError(
+            "Give either dataset_name (a Hub dataset such as 'wmt14' with dataset_config_name "
+            "'de-en') or local files (train_file, validation_file, test_file), "
+            f"not {'both' if given else 'neither'}."
+        )
+
+    splits: dict[str, tuple[Dataset | IterableDataset, str]] = {}
+    if dataset_name is not None:
+        loaded = datasets.load_dataset(
+            dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming
+        )
+        origin = f"dataset {dataset_name!r}" + (
+            f" (config {dataset_config_name!r})" if dataset_config_name else ""
+        )
+        splits = {split: (dataset, f"{origin}, split {split!r}") for split, dataset in loaded.items()}
+    for split, value in given.items():
+        spec = _file_spec(split, value)
+        if len(spec.paths) == 2:
+            dataset = _load_text_pair(spec, source_lang, target_lang, streaming, cache_dir)
+        elif spec.paths[0].suffix.lower() in _JSON_SUFFIXES:
+            dataset = _load_json(spec, streaming, cache_dir)
+        else:
+            dataset = _load_csv(spec, streaming, cache_dir)
+        splits[split] = (dataset, spec.origin)
+
+    normalised = {}
+    for split, (dataset, origin) in splits.items():
+        _check_not_empty(dataset, split, origin)
+        normalised[split] = _to_translation_layout(
+            dataset, origin, source_lang, target_lang, source_column, target_column
+        )
+    return IterableDatasetDict(normalised) if streaming else DatasetDict(normalised)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization and filtering
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterStats:
+    """What `preprocess_dataset` kept and dropped in one split; None where streaming hides it."""
+
+    kept: int | None
+    dropped_empty: int | None
+    dropped_too_long: int | None
+
+
+def _non_empty(translations: list[dict], source_lang: str, target_lang: str) -> list[bool]:
+    return [
+        bool((pair[source_lang] or "").strip() and (pair[target_lang] or "").strip()) for pair in translations
+    ]
+
+
+def _tokenize(translations: list[dict], tokenizer, source_lang: str, target_lang: str) -> dict[str, list]:
+    sources = [pair[source_lang] for pair in translations]
+    targets = [pair[target_lang] for pair in translations]
+    encoded = tokenizer(sources, text_target=targets)
+    return {
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "labels": encoded["labels"],
+        "source_length": [len(ids) for ids in encoded["input_ids"]],
+        "target_length": [len(ids) for ids in encoded["labels"]],
+    }
+
+
+def _fits(
+    source_lengths: list[int], target_lengths: list[int], max_source_length: int, max_target_length: int
+):
+    return [
+        source <= max_source_length and target <= max_target_length
+        for source, target in zip(source_lengths, target_lengths, strict=True)
+    ]
+
+
+def _preprocess_split(
+    dataset, tokenizer, source_lang, target_lang, max_source_length, max_target_length, num_proc, desc
+):
+    _check_translation_column(dataset, desc or "dataset", source_lang, target_lang)
+    lazy = isinstance(dataset, IterableDataset)
+
+    def options(step: str) -> dict[str, Any]:
+        # IterableDataset maps and filters lazily and takes neither num_proc nor a description.
+        return {} if lazy else {"num_proc": num_proc, "desc": f"{desc}: {step}" if desc else step}
+
+    languages = {"source_lang": source_lang, "target_lang": target_lang}
+
+    non_empty = dataset.filter(
+        _non_empty,
+        batched=True,
+        input_columns=TRANSLATION_COLUMN,
+        fn_kwargs=languages,
+        **options("dropping empty pairs"),
+    )
+    tokenized = non_empty.map(
+        _tokenize,
+        batched=True,
+        input_columns=TRANSLATION_COLUMN,
+        remove_columns=_column_names(dataset),
+        fn_kwargs={"tokenizer": tokenizer, **languages},
+        **options("tokenizing"),
+    )
+    kept = tokenized.filter(
+        _fits,
+        batched=True,
+        input_columns=["source_length", "target_length"],
+        fn_kwargs={"max_source_length": max_source_length, "max_target_length": max_target_length},
+        **options("dropping long pairs"),
+    )
+    if lazy:
+        return kept, FilterStats(None, None, None)
+    stats = FilterStats(len(kept), len(dataset) - len(non_empty), len(non_empty) - len(kept))
+    logger.info(
+        "%s: kept %d pairs, dropped %d empty and %d longer than %d source / %d target tokens.",
+        desc or "dataset",
+        stats.kept,
+        stats.dropped_empty,
+        stats.dropped_too_long,
+        max_source_length,
+        max_target_length,
+    )
+    return kept, stats
+
+
+def preprocess_dataset(
+    dataset: Dataset | DatasetDict | IterableDataset | IterableDatasetDict,
+    tokenizer,
+    source_lang: str,
+    target_lang: str,
+    max_source_length: int,
+    max_target_length: int,
+    num_proc: int | None = None,
+    desc: str | None = None,
+):
+    """Tokenize translation pairs into input_ids, attention_mask, labels, source_length, target_length.
+
+    Pairs with an empty side are dropped, and so are pairs longer than the limits (counted in
+    tokens, `</s>` included) rather than truncated. Returns the dataset and `FilterStats` (a dict
+    of them per split for a dict of splits); streamed splits are filtered lazily, counts None.
+    """
+    _check_size("max_source_length", max_source_length, 1)
+    _check_size("max_target_length", max_target_length, 1)
+    arguments = (tokenizer, source_lang, target_lang, max_source_length, max_target_length, num_proc)
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        results = {
+            split: _preprocess_split(part, *arguments, f"{desc} {split}" if desc else split)
+            for split, part in dataset.items()
+        }
+        processed = type(dataset)({split: result[0] for split, result in results.items()})
+        return processed, {split: result[1] for split, result in results.items()}
+    if isinstance(dataset, (Dataset, IterableDataset)):
+        return _preprocess_split(dataset, *arguments, desc)
+    raise TypeError(
+        f"dataset must be a datasets Dataset, DatasetDict, IterableDataset or IterableDatasetDict, "
+        f"got {type(dataset).__name__}."
+    )

@@ -1,0 +1,458 @@
+import itertools
+import json
+import logging
+import re
+
+import pytest
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+
+from hf_vanilla_transformer import data
+from hf_vanilla_transformer.data import (
+    SOURCE_LANG,
+    TARGET_LANG,
+    FilterStats,
+    load_builtin_dataset,
+    load_parallel_data,
+    preprocess_dataset,
+)
+from hf_vanilla_transformer.tokenization import EOS_ID, train_bpe_tokenizer
+
+PAIRS = [
+    ("the cat sleeps", "die Katze schläft"),
+    ('she said "no"', 'sie sagte "nein"'),
+    ("NA", "1984"),
+    ("a, b and c", "a, b und c"),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The built-in task
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return load_builtin_dataset(seed=0, train_size=3000, validation_size=200, test_size=200)
+
+
+def _sources(split) -> list[str]:
+    return [pair[SOURCE_LANG] for pair in split["translation"]]
+
+
+def test_builtin_layout_and_sizes(builtin):
+    assert isinstance(builtin, DatasetDict)
+    assert {split: len(builtin[split]) for split in builtin} == {
+        "train": 3000,
+        "validation": 200,
+        "test": 200,
+    }
+    assert builtin["train"].column_names == ["translation"]
+    assert set(builtin["train"][0]["translation"]) == {SOURCE_LANG, TARGET_LANG} == {"en", "toy"}
+
+
+def test_builtin_same_seed_same_data_other_seed_other_data(builtin):
+    again = load_builtin_dataset(seed=0, train_size=3000, validation_size=200, test_size=200)
+    other = load_builtin_dataset(seed=1, train_size=3000, validation_size=200, test_size=200)
+    for split in builtin:
+        assert builtin[split]["translation"] == again[split]["translation"]
+    assert builtin["train"]["translation"] != other["train"]["translation"]
+
+    # The seed also draws the target words, not only the sentences.
+    def target_words(dataset):
+        return {word for pair in dataset["train"]["translation"] for word in pair[TARGET_LANG].split()}
+
+    assert len(target_words(builtin) & target_words(other)) < 0.2 * len(target_words(builtin))
+
+
+def test_builtin_splits_are_disjoint(builtin):
+    train, validation, test = (set(_sources(builtin[split])) for split in ("train", "validation", "test"))
+    assert len(train) == 3000 and len(validation) == 200 and len(test) == 200
+    assert not train & validation
+    assert not train & test
+    assert not validation & test
+
+
+def test_builtin_evaluation_splits_do_not_depend_on_train_size(builtin):
+    smaller = load_builtin_dataset(seed=0, train_size=10, validation_size=200, test_size=200)
+    assert smaller["validation"]["translation"] == builtin["validation"]["translation"]
+    assert smaller["test"]["translation"] == builtin["test"]["translation"]
+
+
+def test_builtin_lengths_and_vocabulary(builtin):
+    sources = [pair[SOURCE_LANG].split() for split in builtin.values() for pair in split["translation"]]
+    targets = [pair[TARGET_LANG].split() for split in builtin.values() for pair in split["translation"]]
+    source_lengths = [len(words) for words in sources]
+    assert min(source_lengths) == 3
+    assert max(source_lengths) <= 25
+    assert max(source_lengths) >= 20
+    assert 200 <= len(set(itertools.chain.from_iterable(sources))) <= 400
+    assert 200 <= len(set(itertools.chain.from_iterable(targets))) <= 450
+
+
+def test_builtin_words_translate_consistently(builtin):
+    """Every source word comes with one fixed target word: the mapping has no randomness to memorise."""
+    partners: dict[str, set[str]] = {}
+    for pair in builtin["train"]["translation"]:
+        target = set(pair[TARGET_LANG].split())
+        for word in pair[SOURCE_LANG].split():
+            partners[word] = partners[word] & target if word in partners else set(target)
+    assert partners
+    assert not [word for word, common in partners.items() if not common]
+
+
+def test_builtin_reorders_words(builtin):
+    # The docstring's example, whose order (verb last, adjectives after the noun) differs from English.
+    pair = {
+        "en": "my chairs touch those pictures near their old busy soldier",
+        "toy": "mirpakfal tanur gu vioral evear bekpu zor zekres rehispufal von bal vebutinvik",
+    }
+    assert pair in builtin["validation"]["translation"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"train_size": 0}, ValueError, "train_size must be at least 1, got 0"),
+        ({"validation_size": -1}, ValueError, "validation_size must be at least 0"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
+    ],
+)
+def test_builtin_invalid_sizes(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        load_builtin_dataset(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading user corpora
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_jsonl(path, records):
+    path.write_text(
+        "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8"
+    )
+    return path
+
+
+def _pairs_of(dataset, source_lang="en", target_lang="de") -> list[tuple[str, str]]:
+    return [(pair[source_lang], pair[target_lang]) for pair in dataset["translation"]]
+
+
+def _load(tmp_path, **kwargs):
+    return load_parallel_data(source_lang="en", target_lang="de", cache_dir=str(tmp_path / "cache"), **kwargs)
+
+
+def test_jsonl_with_translation_column(tmp_path):
+    path = _write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"id": i, "translation": {"en": s, "de": t}} for i, (s, t) in enumerate(PAIRS)],
+    )
+    loaded = _load(tmp_path, train_file=str(path))
+    assert isinstance(loaded, DatasetDict)
+    assert loaded["train"].column_names == ["translation"]
+    assert _pairs_of(loaded["train"]) == PAIRS
+
+
+def test_jsonl_with_flat_columns(tmp_path):
+    path = _write_jsonl(tmp_path / "train.jsonl", [{"en": s, "de": t, "score": 1.0} for s, t in PAIRS])
+    loaded = _load(tmp_path, train_file=path)
+    assert loaded["train"].column_names == ["translation"]
+    assert _pairs_of(loaded["train"]) == PAIRS
+
+
+def test_json_document_with_named_columns(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([{"src": s, "tgt": t} for s, t in PAIRS]), encoding="utf-8")
+    loaded = _load(tmp_path, train_file=str(path), source_column="src", target_column="tgt")
+    assert _pairs_of(loaded["train"]) == PAIRS
+
+
+def test_csv_keeps_every_cell_as_text(tmp_path):
+    path = tmp_path / "train.csv"
+    lines = ["en,de"] + ['"' + s.replace('"', '""') + '","' + t.replace('"', '""') + '"' for s, t in PAIRS]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    loaded = _load(tmp_path, train_file=str(path))
+    assert _pairs_of(loaded["train"]) == PAIRS  # "NA" is not a gap, "1984" not a number
+
+
+def test_tsv_treats_quotes_as_text(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("de\ten\n" + "".join(f"{t}\t{s}\n" for s, t in PAIRS), encoding="utf-8")
+    loaded = _load(tmp_path, train_file=str(path))
+    assert _pairs_of(loaded["train"]) == PAIRS
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_aligned_text_files(tmp_path, as_tuple):
+    source, target = tmp_path / "train.en", tmp_path / "train.de"
+    source.write_text("\n".join(s for s, _ in PAIRS) + "\n", encoding="utf-8")
+    target.write_text("\r\n".join(t for _, t in PAIRS), encoding="utf-8")  # Windows endings, no final newline
+    train_file = (source, target) if as_tuple else f"{source},{target}"
+    loaded = _load(tmp_path, train_file=train_file)
+    assert _pairs_of(loaded["train"]) == PAIRS
+
+
+def test_text_files_reread_after_an_edit(tmp_path):
+    source, target = tmp_path / "train.en", tmp_path / "train.de"
+    source.write_text("one\n", encoding="utf-8")
+    target.write_text("eins\n", encoding="utf-8")
+    assert _pairs_of(_load(tmp_path, train_file=(source, target))["train"]) == [("one", "eins")]
+    target.write_text("zwei und mehr\n", encoding="utf-8")
+    assert _pairs_of(_load(tmp_path, train_file=(source, target))["train"]) == [("one", "zwei und mehr")]
+
+
+def test_splits_may_mix_formats(tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"en": s, "de": t} for s, t in PAIRS])
+    validation = tmp_path / "valid.tsv"
+    validation.write_text("en\tde\nhello\thallo\n", encoding="utf-8")
+    (tmp_path / "test.en").write_text("yes\n", encoding="utf-8")
+    (tmp_path / "test.de").write_text("ja\n", encoding="utf-8")
+    loaded = _load(
+        tmp_path,
+        train_file=train,
+        validation_file=validation,
+        test_file=[tmp_path / "test.en", tmp_path / "test.de"],
+    )
+    assert list(loaded) == ["train", "validation", "test"]
+    assert _pairs_of(loaded["validation"]) == [("hello", "hallo")]
+    assert _pairs_of(loaded["test"]) == [("yes", "ja")]
+
+
+def test_streaming_jsonl(tmp_path):
+    path = _write_jsonl(
+        tmp_path / "train.jsonl", [{"en": s, "de": t, "id": i} for i, (s, t) in enumerate(PAIRS)]
+    )
+    loaded = _load(tmp_path, train_file=path, streaming=True)
+    assert isinstance(loaded, IterableDatasetDict)
+    assert isinstance(loaded["train"], IterableDataset)
+    assert [(row["translation"]["en"], row["translation"]["de"]) for row in loaded["train"]] == PAIRS
+    assert list(next(iter(loaded["train"]))) == ["translation"]
+
+
+def test_streaming_text_pair(tmp_path):
+    (tmp_path / "a.en").write_text("one\ntwo\n", encoding="utf-8")
+    (tmp_path / "a.de").write_text("eins\nzwei\n", encoding="utf-8")
+    loaded = _load(tmp_path, train_file=f"{tmp_path / 'a.en'},{tmp_path / 'a.de'}", streaming=True)
+    assert [row["translation"] for row in loaded["train"]] == [
+        {"en": "one", "de": "eins"},
+        {"en": "two", "de": "zwei"},
+    ]
+
+
+def test_hub_name_goes_to_load_dataset(tmp_path, monkeypatch):
+    calls = []
+    hub = DatasetDict({"train": Dataset.from_dict({"translation": [{"de": t, "en": s} for s, t in PAIRS]})})
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return hub
+
+    monkeypatch.setattr(data.datasets, "load_dataset", fake_load_dataset)
+    loaded = load_parallel_data(
+        dataset_name="wmt14",
+        dataset_config_name="de-en",
+        source_lang="en",
+        target_lang="de",
+        cache_dir="/somewhere",
+    )
+    assert calls == [(("wmt14", "de-en"), {"cache_dir": "/somewhere", "streaming": False})]
+    assert _pairs_of(loaded["train"]) == PAIRS
+
+
+def test_hub_dataset_without_the_language(monkeypatch):
+    hub = DatasetDict({"train": Dataset.from_dict({"translation": [{"de": "a", "en": "b"}]})})
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *args, **kwargs: hub)
+    with pytest.raises(ValueError, match=r"'wmt14'.*languages \['de', 'en'\].*target_lang='fr'"):
+        load_parallel_data(dataset_name="wmt14", source_lang="en", target_lang="fr")
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        _load(tmp_path, train_file=str(missing))
+    (tmp_path / "a.en").write_text("x\n", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"validation_file: .*a\.de"):
+        _load(tmp_path, validation_file=f"{tmp_path / 'a.en'},{tmp_path / 'a.de'}")
+
+
+def test_unsupported_extension(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("hello\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"unsupported extension '\.txt'.*\.jsonl.*'train\.en,train\.de'"):
+        _load(tmp_path, train_file=str(path))
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        '{"en": "a", "de": "b"}\n\n{"en": "c", "de": \n{"en": "e", "de": "f"}\n', encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 3: not valid JSON")):
+        _load(tmp_path, train_file=path)
+
+
+def test_malformed_json_line_when_streaming(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"en": "a", "de": "b"}\n{"en": "c" "de": "d"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: not valid JSON")):
+        _load(tmp_path, train_file=path, streaming=True)
+
+
+def test_malformed_csv_line_names_file_and_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("en,de\na,b\nc,d,e\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r".*line 3"):
+        _load(tmp_path, train_file=path)
+
+
+def test_unaligned_text_files_name_both_counts(tmp_path):
+    source, target = tmp_path / "train.en", tmp_path / "train.de"
+    source.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    target.write_text("eins\nzwei\n", encoding="utf-8")
+    pattern = re.escape(f"{source} has 3 lines but {target} has 2")
+    with pytest.raises(ValueError, match=pattern):
+        _load(tmp_path, train_file=(source, target))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("train.jsonl", ""), ("train.json", "[]"), ("train.csv", "en,de\n")],
+)
+def test_empty_training_split(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"The train split is empty: .*" + re.escape(name)):
+        _load(tmp_path, train_file=path)
+
+
+def test_empty_text_pair(tmp_path):
+    (tmp_path / "v.en").write_text("", encoding="utf-8")
+    (tmp_path / "v.de").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"The validation split is empty"):
+        _load(tmp_path, validation_file=(tmp_path / "v.en", tmp_path / "v.de"))
+
+
+def test_missing_column_lists_the_columns(tmp_path):
+    path = _write_jsonl(tmp_path / "train.jsonl", [{"english": "a", "de": "b"}])
+    with pytest.raises(ValueError, match=r"no column 'en'; the columns are \['english', 'de'\]"):
+        _load(tmp_path, train_file=path)
+    with pytest.raises(ValueError, match=r"no column 'source'; the columns are"):
+        _load(tmp_path, train_file=path, source_column="source", target_column="de")
+
+
+def test_missing_language_key_lists_the_languages(tmp_path):
+    path = _write_jsonl(tmp_path / "train.jsonl", [{"translation": {"en": "a", "fr": "b"}}])
+    with pytest.raises(ValueError, match=r"languages \['en', 'fr'\], but target_lang='de'"):
+        _load(tmp_path, train_file=path)
+
+
+def test_numeric_column_is_not_text(tmp_path):
+    path = _write_jsonl(tmp_path / "train.jsonl", [{"en": "a", "de": 3}])
+    with pytest.raises(ValueError, match=r"column 'de' holds int64 values, expected text"):
+        _load(tmp_path, train_file=path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({}, "not neither"),
+        ({"dataset_name": "wmt14", "train_file": "x.jsonl"}, "not both"),
+        ({"train_file": "a,b,c"}, "is not understood"),
+    ],
+)
+def test_source_arguments(tmp_path, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        _load(tmp_path, **kwargs)
+
+
+def test_languages_must_differ(tmp_path):
+    with pytest.raises(ValueError, match="both 'en'"):
+        load_parallel_data(train_file="x.jsonl", source_lang="en", target_lang="en")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenization and filtering
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(builtin):
+    texts = (text for pair in builtin["train"]["translation"] for text in pair.values())
+    return train_bpe_tokenizer(texts, vocab_size=1000)
+
+
+def _raw_split() -> Dataset:
+    rows = [
+        {"en": "the dog sleeps", "toy": "dog gu sleep"},
+        {"en": "", "toy": "empty source"},
+        {"en": "empty target", "toy": "   "},
+        {"en": " ".join(["the dog sleeps"] * 10), "toy": "short"},
+        {"en": "short", "toy": " ".join(["dog gu sleep"] * 10)},
+        {"en": "a cat runs", "toy": None},
+        {"en": "the cat runs quickly", "toy": "cat gu run"},
+    ]
+    return Dataset.from_dict({"translation": rows})
+
+
+def test_preprocess_tokenizes_and_counts_what_it_drops(tokenizer, caplog):
+    dataset = DatasetDict({"train": _raw_split(), "validation": _raw_split().select([0])})
+    with caplog.at_level(logging.INFO, logger="hf_vanilla_transformer.data"):
+        processed, stats = preprocess_dataset(dataset, tokenizer, "en", "toy", 12, 12)
+    assert stats == {
+        "train": FilterStats(kept=2, dropped_empty=3, dropped_too_long=2),
+        "validation": FilterStats(kept=1, dropped_empty=0, dropped_too_long=0),
+    }
+    assert (
+        "train: kept 2 pairs, dropped 3 empty and 2 longer than 12 source / 12 target tokens" in caplog.text
+    )
+    train = processed["train"]
+    assert set(train.column_names) == {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "source_length",
+        "target_length",
+    }
+    first = train[0]
+    assert first["input_ids"] == tokenizer("the dog sleeps")["input_ids"]
+    assert first["labels"] == tokenizer("dog gu sleep")["input_ids"]
+    assert first["labels"][-1] == EOS_ID
+    assert first["source_length"] == len(first["input_ids"]) == len(first["attention_mask"])
+    assert first["target_length"] == len(first["labels"])
+    assert all(length <= 12 for length in list(train["source_length"]) + list(train["target_length"]))
+
+
+def test_preprocess_never_truncates(tokenizer):
+    dataset = _raw_split().select([0, 6])
+    longest = max(len(tokenizer(pair["en"])["input_ids"]) for pair in dataset["translation"])
+    processed, stats = preprocess_dataset(dataset, tokenizer, "en", "toy", longest - 1, 100)
+    assert stats == FilterStats(kept=1, dropped_empty=0, dropped_too_long=1)
+    assert max(processed["source_length"]) < longest
+
+
+def test_preprocess_streaming_is_lazy_and_gives_the_same_rows(tokenizer):
+    eager, _ = preprocess_dataset(_raw_split(), tokenizer, "en", "toy", 12, 12)
+    lazy, stats = preprocess_dataset(_raw_split().to_iterable_dataset(), tokenizer, "en", "toy", 12, 12)
+    assert isinstance(lazy, IterableDataset)
+    assert stats == FilterStats(kept=None, dropped_empty=None, dropped_too_long=None)
+    assert list(lazy) == list(eager)
+
+
+def test_preprocess_builtin_task_keeps_everything(builtin, tokenizer):
+    processed, stats = preprocess_dataset(
+        builtin, tokenizer, SOURCE_LANG, TARGET_LANG, 128, 128, desc="builtin"
+    )
+    assert stats["train"] == FilterStats(kept=3000, dropped_empty=0, dropped_too_long=0)
+    decoded = tokenizer.decode(processed["validation"][0]["labels"], skip_special_tokens=True)
+    assert decoded == builtin["validation"][0]["translation"][TARGET_LANG]
+
+
+def test_preprocess_errors(tokenizer):
+    with pytest.raises(ValueError, match=r"no 'translation' column; the columns are \['text'\]"):
+        preprocess_dataset(Dataset.from_dict({"text": ["a"]}), tokenizer, "en", "toy", 8, 8)
+    with pytest.raises(ValueError, match=r"languages \['en', 'toy'\], but source_lang='de'"):
+        preprocess_dataset(_raw_split(), tokenizer, "de", "toy", 8, 8)
+    with pytest.raises(ValueError, match="max_target_length must be at least 1, got 0"):
+        preprocess_dataset(_raw_split(), tokenizer, "en", "toy", 8, 0)
+    with pytest.raises(TypeError, match="got list"):
+        preprocess_dataset([{"en": "a", "toy": "b"}], tokenizer, "en", "toy", 8, 8)
