@@ -88,9 +88,11 @@ class VanillaTransformerConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = 1
 
     def __post_init__(self, **kwargs):
-        if self.d_k is None and isinstance(self.num_heads, int) and self.num_heads > 0:
+        # Derive the head sizes only from valid sizes; `_check` reports the invalid ones by name.
+        derive = isinstance(self.d_model, int) and isinstance(self.num_heads, int) and self.num_heads > 0
+        if self.d_k is None and derive:
             self.d_k = self.d_model // self.num_heads
-        if self.d_v is None and isinstance(self.num_heads, int) and self.num_heads > 0:
+        if self.d_v is None and derive:
             self.d_v = self.d_model // self.num_heads
         super().__post_init__(**kwargs)
         self._check()

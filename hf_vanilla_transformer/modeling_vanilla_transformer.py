@@ -57,6 +57,17 @@ def _check_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
         )
 
 
+def _check_labels(labels: torch.Tensor, vocab_size: int) -> None:
+    if _is_compiling():
+        return
+    bad = labels[(labels != -100) & ((labels < 0) | (labels >= vocab_size))]
+    if bad.numel():
+        raise ValueError(
+            f"labels hold token id {int(bad[0])}, outside the vocabulary [0, {vocab_size}) and not -100 (the id "
+            "that marks positions without loss). Check that the tokenizer matches the model."
+        )
+
+
 def _check_mask(mask: torch.Tensor | None, shape: tuple[int, int], name: str, what: str) -> None:
     if mask is None or mask.dim() == 4:  # a prepared 4D mask is the caller's responsibility
         return
@@ -79,7 +90,8 @@ def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, l
     (batch, length), or (1, length) without a mask.
     """
     if attention_mask is None or attention_mask.dim() != 2:
-        return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
+        # Offset after arange: a static cache's past_length is a tensor, and a size must not depend on it.
+        return (torch.arange(length, device=device) + past_length).unsqueeze(0)
     positions = attention_mask.long().cumsum(-1) - 1
     return positions.clamp(min=0)[:, -length:]
 
@@ -396,7 +408,10 @@ class VanillaTransformerStack(nn.Module):
         self.embed_tokens = value
 
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
-        hidden_states = inputs_embeds * self.embed_scale + self.embed_positions(position_ids, max_length)
+        # The sinusoid table is a non-persistent buffer: it stays float32 when a model is loaded in half
+        # precision (and when it grows), so it takes the embeddings' dtype here.
+        positions = self.embed_positions(position_ids, max_length).to(inputs_embeds.dtype)
+        hidden_states = inputs_embeds * self.embed_scale + positions
         return F.dropout(hidden_states, p=self.config.dropout, training=self.training)
 
     def finish(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -509,7 +524,12 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
         _check_mask(attention_mask, (batch, past_length + length), "decoder_attention_mask", "past + current targets")
 
         position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
-        hidden_states = self.embed(inputs_embeds, position_ids, past_length + length)
+        max_length = past_length + length
+        if isinstance(max_length, torch.Tensor):
+            # A static cache counts its length on the device; its capacity (a Python int) bounds the positions
+            # instead, so sizing the position table needs no device sync and stays traceable by torch.compile.
+            max_length = cache.get_max_length(0)
+        hidden_states = self.embed(inputs_embeds, position_ids, max_length)
         self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         causal_mask = create_causal_mask(
             config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
@@ -710,6 +730,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
+            _check_labels(labels, self.lm_head.weight.shape[0])
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
@@ -756,6 +777,23 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             encoder_attentions=outputs.encoder_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """`GenerationMixin.generate`, plus §6.1's length limit: when the generation config carries
+        `max_new_tokens_beyond_source` (the training code saves 50) and the call sets no length, at most
+        source length + that many tokens are generated."""
+        config = generation_config if generation_config is not None else self.generation_config
+        extra = getattr(config, "max_new_tokens_beyond_source", None)
+        source = inputs if inputs is not None else kwargs.get("input_ids")
+        if (
+            extra is not None
+            and source is not None
+            and kwargs.get("max_new_tokens") is None
+            and kwargs.get("max_length") is None
+            and config.max_new_tokens is None
+        ):
+            kwargs["max_new_tokens"] = source.shape[-1] + int(extra)
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
 
 
 __all__ = [
