@@ -8,8 +8,10 @@ import logging
 import os
 import shutil
 
+import datasets
 import numpy as np
 import sacrebleu
+from accelerate.data_loader import DataLoaderShard
 from torch.utils.data import DataLoader
 from transformers import Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -81,7 +83,7 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
 
     max_tokens_per_batch: when set, training batches are packed by length up to this many padded source
         tokens and as many target tokens (§5.1), instead of a fixed number of sentences. Under several
-        processes accelerate hands each rank every n-th batch.
+        processes each rank takes every n-th batch.
     source_length_column, target_length_column: dataset columns holding each pair's token counts.
     """
 
@@ -96,6 +98,11 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         super().__init__(*args, **kwargs)
         if max_tokens_per_batch is not None and max_tokens_per_batch <= 0:
             raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}.")
+        if max_tokens_per_batch is not None and isinstance(self.train_dataset, datasets.IterableDataset):
+            raise ValueError(
+                "max_tokens_per_batch packs batches from every example's length, which a streamed (iterable) "
+                "dataset does not give up front; leave it unset to batch a stream by per_device_train_batch_size."
+            )
         self.max_tokens_per_batch = max_tokens_per_batch
         self.length_columns = (source_length_column, target_length_column)
 
@@ -115,18 +122,21 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             max_tokens=self.max_tokens_per_batch,
             shuffle=True,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            num_replicas=1,  # accelerate shards the batches across processes
-            rank=0,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
         )
         dataset = self._remove_unused_columns(dataset, description="training")
-        loader = DataLoader(
+        # The sampler splits the batches across processes itself rather than under accelerate's BatchSamplerShard:
+        # a resumed run wraps the loader's batch sampler once more (skip_first_batches), and set_epoch reaches
+        # through one wrapper only, so a run resumed in epoch 1 or later would replay epoch 0's order.
+        return DataLoaderShard(
             dataset,
+            device=self.args.device,
             batch_sampler=sampler,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
         )
-        return self.accelerator.prepare(loader)
 
     def _save_checkpoint(self, model, trial) -> None:
         # The Trainer writes checkpoint-N file by file; a run killed in between would leave a folder that

@@ -73,6 +73,9 @@ def average_checkpoints(run_dir: str, last: int, output_dir: str) -> Path:
 
     if last < 1:
         raise ValueError(f"--last must be at least 1, got {last}.")
+    output = Path(output_dir)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):  # checked again before the rename
+        raise FileExistsError(f"{output} exists and is not empty; choose a new --output_dir.")
     checkpoints = list_checkpoints(run_dir)
     if len(checkpoints) < last:
         raise ValueError(f"{run_dir} has {len(checkpoints)} checkpoints ({[c.name for c in checkpoints]}); cannot average the last {last}.")
@@ -86,7 +89,6 @@ def average_checkpoints(run_dir: str, last: int, output_dir: str) -> Path:
     if unexpected or set(missing) - tied:
         raise ValueError(f"The averaged weights do not fit the model: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}.")
 
-    output = Path(output_dir)
     staging = output.parent / f".{output.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
@@ -104,7 +106,7 @@ def average_checkpoints(run_dir: str, last: int, output_dir: str) -> Path:
     return output
 
 
-def main(argv: list[str] | None = None) -> Path:
+def run(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="Training output folder holding checkpoint-N folders.")
     parser.add_argument("--last", type=int, default=5, help="How many of the newest checkpoints to average (default 5).")
@@ -114,6 +116,11 @@ def main(argv: list[str] | None = None) -> Path:
     output = average_checkpoints(args.run_dir, args.last, args.output_dir)
     print(f"Averaged model written to {output}")
     return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return [p[source_lang] for p in pairs], [p[target_lang] for p in pairs]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Trained model folder or Hub id.")
     data = parser.add_argument_group("test data (default: the built-in task)")
@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_file:
         Path(args.output_file).write_text(json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
+    run(argv)
 
 
 if __name__ == "__main__":

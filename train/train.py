@@ -3,7 +3,7 @@
     hf-vanilla-train                                   # the built-in task, a few minutes on a laptop CPU
     hf-vanilla-train --output_dir runs/x --recipe paper --dataset_name wmt14 --dataset_config_name de-en \
         --source_lang en --target_lang de              # the paper's recipe (§5)
-    hf-vanilla-train my_run.yaml                       # every argument from a JSON or YAML file
+    hf-vanilla-train my_run.yaml [--max_steps 10]      # arguments from a JSON or YAML file (options after it win)
 
 Arguments are the three dataclasses below plus transformers' `Seq2SeqTrainingArguments`. A recipe
 (`--recipe builtin|paper|paper_big` or a JSON/YAML file) sets defaults; arguments on the command line win.
@@ -11,6 +11,7 @@ Arguments are the three dataclasses below plus transformers' `Seq2SeqTrainingArg
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from transformers import (
     AutoModelForSeq2SeqLM,
@@ -134,7 +136,8 @@ class RecipeArguments:
     num_samples_to_show: int = field(default=5, metadata={"help": "Test sentences printed with their translations."})
 
 
-def load_recipe(name_or_path: str) -> dict:
+def load_recipe(name_or_path: str, _named_by: tuple[str, ...] = ()) -> dict:
+    """A recipe's values on top of those of the recipe it names under "recipe" (paper_big builds on paper)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.json"
@@ -154,8 +157,12 @@ def load_recipe(name_or_path: str) -> dict:
         values = json.loads(text)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}.")
-    if "recipe" in values and path.parent == RECIPES_DIR:
-        values.pop("recipe")
+    base = values.pop("recipe", None)
+    if base:
+        chain = (*_named_by, name_or_path)
+        if base in chain:
+            raise ValueError(f"Recipes name each other in a loop: {' -> '.join((*chain, base))}.")
+        values = {**load_recipe(base, chain), **values}
     return values
 
 
@@ -163,8 +170,8 @@ def parse_args(argv: list[str] | None = None):
     """Recipe values become defaults; command-line arguments override them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, Seq2SeqTrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        argv = ["--recipe", argv[0]]
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = ["--recipe", *argv]
     probe, _ = parser.parse_known_args(argv)
     data_given = any(getattr(probe, k, None) for k in ("dataset_name", "train_file"))
     recipe_name = probe.recipe or ("paper" if data_given else "builtin")
@@ -173,11 +180,12 @@ def parse_args(argv: list[str] | None = None):
     unknown = sorted(set(recipe) - known)
     if unknown:
         raise ValueError(f"Recipe {recipe_name!r} sets unknown arguments {unknown}; see hf-vanilla-train --help.")
-    nested_base = recipe.pop("recipe", None)
-    if nested_base:
-        recipe = {**load_recipe(nested_base), **recipe}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        # accelerate sets up processes on CPUs (gloo, MULTI_CPU) only with use_cpu; without it, `torchrun
+        # --nproc_per_node N` would start N separate trainings, each on all the data, writing the same files.
+        parser.set_defaults(use_cpu=True)
     parser.set_defaults(**recipe)
-    if "--output_dir" not in argv and not recipe.get("output_dir"):
+    if probe.output_dir is None and not recipe.get("output_dir"):  # probe also sees --output_dir=DIR
         argv += ["--output_dir", DEFAULT_OUTPUT_DIR]
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(argv)
     recipe_args.recipe = recipe_name
@@ -196,6 +204,14 @@ def parse_overrides(text: str | None) -> dict:
             values[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             values[key.strip()] = raw.strip()
+    # The config keeps unknown keys as extra attributes, so a typo ('dmodel=256') would pass unnoticed.
+    known = {f.name for f in dataclasses.fields(VanillaTransformerConfig)} | set(VanillaTransformerConfig.attribute_map)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"config_overrides sets {unknown}, which VanillaTransformerConfig does not have; "
+            f"it has {', '.join(VanillaTransformerConfig.__annotations__)}."
+        )
     return values
 
 
@@ -281,16 +297,23 @@ def build_model(model_args: ModelArguments, training_args, tokenizer):
 
 def paper_generation_config(model, recipe_args: RecipeArguments) -> GenerationConfig:
     config = model.config
-    return GenerationConfig(
+    if recipe_args.num_beams < 1:
+        raise ValueError(f"--num_beams must be at least 1 (1 is greedy search), got {recipe_args.num_beams}.")
+    # Length penalty and early stopping belong to beam search: with num_beams=1 transformers refuses to save them.
+    beam_options = {"length_penalty": recipe_args.length_penalty, "early_stopping": True}
+    if recipe_args.num_beams == 1:
+        beam_options = {}
+    generation_config = GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
         num_beams=recipe_args.num_beams,
-        length_penalty=recipe_args.length_penalty,
-        early_stopping=True,
         max_new_tokens_beyond_source=recipe_args.max_new_tokens_beyond_source,
+        **beam_options,
     )
+    generation_config.validate(strict=True)  # now, not at the first checkpoint
+    return generation_config
 
 
 def save_final(trainer, tokenizer, output_dir: str) -> None:
@@ -307,8 +330,14 @@ def save_final(trainer, tokenizer, output_dir: str) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     model_args, data_args, recipe_args, training_args = parse_args(argv)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if training_args.world_size != launched:
+        raise ValueError(
+            f"Launched as {launched} processes, but the Trainer set up {training_args.world_size}: they would each "
+            "train alone and overwrite each other's files. On CPUs pass --use_cpu (the default there)."
+        )
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
@@ -322,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
 
     # Everything that can be wrong with the inputs fails here, before the output folder is touched.
+    parse_overrides(model_args.config_overrides)  # a typo fails now, not after the tokenizer is trained
     raw, source_lang, target_lang = load_data(data_args, model_args.cache_dir)
     if "train" not in raw and training_args.do_train:
         raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
@@ -335,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.generation_config = paper_generation_config(model, recipe_args)
 
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
-    raw = datasets.DatasetDict({k: _limit(v, limits.get(k)) for k, v in raw.items()}) if not data_args.streaming else raw
+    raw = type(raw)({k: _limit(v, limits.get(k)) for k, v in raw.items()})  # a DatasetDict or IterableDatasetDict
     with training_args.main_process_first(desc="preprocessing"):
         processed, stats = preprocess_dataset(
             raw,
@@ -350,6 +380,15 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.do_train and not data_args.streaming and len(processed["train"]) == 0:
         raise ValueError("No training pairs are left after filtering; see the counts above (raise --max_source_length?).")
 
+    max_tokens_per_batch = recipe_args.max_tokens_per_batch
+    if data_args.streaming and max_tokens_per_batch is not None:
+        logger.warning(
+            "Token-budget batches need every pair's length up front, which a stream does not give: training on "
+            "batches of %d sentences per device (--per_device_train_batch_size) instead.",
+            training_args.per_device_train_batch_size,
+        )
+        max_tokens_per_batch = None
+
     eval_split = processed.get("validation")
     if eval_split is None and training_args.eval_strategy != "no":
         logger.warning("No validation split: evaluation during training is turned off.")
@@ -362,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=make_compute_metrics(tokenizer),
-        max_tokens_per_batch=recipe_args.max_tokens_per_batch,
+        max_tokens_per_batch=max_tokens_per_batch,
     )
 
     results = {}
@@ -372,13 +411,15 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info("Resuming from %s", checkpoint)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         save_final(trainer, tokenizer, training_args.output_dir)
+        trainer.save_state()  # trainer_state.json: the loss curve (log_history) beside the final model
         results.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()})
 
     test_split = processed.get("test")
     if test_split is not None and training_args.should_save:
-        sources = [ex[source_lang] for ex in raw["test"]["translation"]] if not data_args.streaming else None
-        if sources is not None:
-            references = [ex[target_lang] for ex in raw["test"]["translation"]]
+        pairs = [example["translation"] for example in raw["test"]]  # a streamed test split is read in whole here
+        if pairs:
+            sources = [pair[source_lang] for pair in pairs]
+            references = [pair[target_lang] for pair in pairs]
             model.eval()
             hypotheses = translate(
                 model, tokenizer, sources, batch_size=training_args.per_device_eval_batch_size, progress=True
@@ -398,6 +439,11 @@ def main(argv: list[str] | None = None) -> dict:
             print("sacreBLEU signature:", results["test_bleu_signature"])
         print(f"Model folder: {training_args.output_dir}")
     return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
+    run(argv)
 
 
 if __name__ == "__main__":

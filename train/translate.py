@@ -58,7 +58,7 @@ def read_sentences(args: argparse.Namespace) -> list[str]:
     return [line.strip() for line in lines]
 
 
-def main(argv: list[str] | None = None) -> list[str]:
+def run(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Trained model folder or Hub id.")
     parser.add_argument("sentences", nargs="*", help="Sentences to translate.")
@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     for line in translations:
         print(line if isinstance(line, str) else "\t".join(line))
     return translations
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,469 @@
+"""The `hf-vanilla-train` entry point (train/train.py): runs, data sources, recipes, errors, crash safety."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerState
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
+from hf_vanilla_transformer.training import last_complete_checkpoint
+from train.train import main, parse_args, run
+
+TINY_MODEL = "d_model=32,d_ff=64,num_heads=2,encoder_layers=1,decoder_layers=1"
+TINY = ["--tokenizer_vocab_size", "300", "--max_test_samples", "4", "--report_to", "none"]
+# The built-in task, small enough for seconds: 200 pairs in 13 token-budget batches an epoch, so that 30 steps
+# cross two epoch boundaries and the checkpoints every 5 steps fall in the middle of epochs 0, 1 and 2. Dropout
+# stays on (0.1): an exact resume must restore the random state too, not only weights and data order.
+BUILTIN_RUN = [
+    "--config_overrides", f"{TINY_MODEL},dropout=0.1",
+    *TINY,
+    "--builtin_train_size", "200",
+    "--max_tokens_per_batch", "600",
+    "--max_steps", "30",
+    "--warmup_steps", "5",
+    "--learning_rate", "0.002",
+    "--save_strategy", "steps",
+    "--save_steps", "5",
+    "--save_total_limit", "100",
+    "--logging_steps", "1",
+]  # fmt: skip
+CHECKPOINT_FILES = ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json")
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same_weights(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        # One thread on one CPU: the same arithmetic in the same order, so the same bits.
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def logged_losses(folder: Path) -> list[float]:
+    state = json.loads((folder / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def assert_no_model_written(output_dir: Path) -> None:
+    written = [p.name for p in output_dir.rglob("*")] if output_dir.exists() else []
+    assert not any(name in MODEL_FILES or name.startswith("checkpoint-") for name in written), written
+
+
+def write_pairs(size: int, seed: int = 1) -> dict[str, list[dict]]:
+    """Built-in sentence pairs as en/de records: `size` for train, 6 for test."""
+    data = load_builtin_dataset(seed=seed, train_size=size, validation_size=0, test_size=6)
+    return {
+        split: [{"en": pair[SOURCE_LANG], "de": pair[TARGET_LANG]} for pair in data[split]["translation"]]
+        for split in ("train", "test")
+    }
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def builtin_run(tmp_path_factory):
+    """One uninterrupted run of BUILTIN_RUN: its folder and run()'s results (main() returns nothing)."""
+    output_dir = tmp_path_factory.mktemp("builtin") / "run"
+    results = run(["--output_dir", str(output_dir), *BUILTIN_RUN])
+    return output_dir, results
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    records = write_pairs(size=80)
+    return folder, records
+
+
+# ---------------------------------------------------------------------------------------------
+# A run on the built-in task and what it leaves behind
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_loss(builtin_run):
+    output_dir, _ = builtin_run
+    losses = logged_losses(output_dir)
+    assert len(losses) == 30  # logging_steps 1
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.3, losses
+
+
+def test_output_folder_is_a_complete_model(builtin_run):
+    output_dir, results = builtin_run
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert isinstance(model, VanillaTransformerForConditionalGeneration)
+    assert (model.config.d_model, model.config.encoder_layers, model.config.dropout) == (32, 1, 0.1)
+    assert model.config.vocab_size == len(tokenizer)
+    assert json.loads((output_dir / "config.json").read_text())["auto_map"]  # loads with trust_remote_code too
+
+    generation = json.loads((output_dir / "generation_config.json").read_text())
+    assert generation["num_beams"] == 4 and generation["length_penalty"] == 0.6  # §6.1
+    assert generation["max_new_tokens_beyond_source"] == 50
+    assert generation["decoder_start_token_id"] == tokenizer.bos_token_id
+
+    scores = json.loads((output_dir / "all_results.json").read_text())
+    for key in ("test_bleu", "test_chrf", "test_exact_match", "train_loss"):
+        assert isinstance(scores[key], float), key
+    assert scores["test_samples"] == 4
+    assert scores["test_bleu_signature"].startswith("nrefs:1|")
+    assert {k: v for k, v in results.items() if k != "total_seconds"} == {
+        k: v for k, v in scores.items() if k != "total_seconds"
+    }
+    assert not (output_dir / ".staging").exists()
+    # The final weights are those of the last checkpoint.
+    assert_same_weights(weights(output_dir), weights(output_dir / "checkpoint-30"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data from local files
+# ---------------------------------------------------------------------------------------------
+
+LOCAL = ["--config_overrides", TINY_MODEL, *TINY, "--source_lang", "en", "--target_lang", "de", "--max_steps", "3"]
+
+
+def test_train_from_jsonl_files(pairs):
+    folder, records = pairs
+    train_file = write_jsonl(folder / "train.jsonl", records["train"])
+    test_file = write_jsonl(folder / "test.jsonl", records["test"])
+    output_dir = folder / "from-jsonl"
+    results = run(
+        ["--train_file", str(train_file), "--test_file", str(test_file), "--output_dir", str(output_dir), *LOCAL]
+    )
+    assert results["test_samples"] == 4  # --max_test_samples of the 6
+    assert "test_bleu" in results and "test_chrf" in results
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+    AutoModelForSeq2SeqLM.from_pretrained(output_dir)
+
+
+def test_train_from_aligned_text_files(pairs):
+    folder, records = pairs
+    for split in ("train", "test"):
+        for lang in ("en", "de"):
+            (folder / f"{split}.{lang}").write_text("".join(r[lang] + "\n" for r in records[split]))
+    output_dir = folder / "from-text"
+    results = run(
+        [
+            "--train_file", f"{folder / 'train.en'},{folder / 'train.de'}",
+            "--test_file", f"{folder / 'test.en'},{folder / 'test.de'}",
+            "--output_dir", str(output_dir),
+            *LOCAL,
+        ]
+    )  # fmt: skip
+    assert results["test_samples"] == 4
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    # The tokenizer was trained on these files: their words are whole tokens, not characters.
+    assert len(tokenizer.tokenize(records["train"][0]["en"])) < len(records["train"][0]["en"])
+
+
+def test_streaming_a_local_jsonl(pairs, caplog):
+    folder, records = pairs
+    train_file = write_jsonl(folder / "stream-train.jsonl", records["train"])
+    test_file = write_jsonl(folder / "stream-test.jsonl", records["test"])
+    output_dir = folder / "streamed"
+    caplog.set_level(logging.WARNING, logger="hf_vanilla_transformer.train")
+    results = run(
+        [
+            "--train_file", str(train_file),
+            "--test_file", str(test_file),
+            "--streaming",
+            "--per_device_train_batch_size", "8",
+            "--output_dir", str(output_dir),
+            *LOCAL,
+        ]
+    )  # fmt: skip
+    # The paper recipe asks for token-budget batches, which need every length up front: a stream falls back.
+    assert "Token-budget batches need every pair's length up front" in caplog.text
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+    assert results["test_samples"] == 4  # the streamed test split is scored, limited like a loaded one
+    AutoModelForSeq2SeqLM.from_pretrained(output_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_recipe_values_are_defaults_and_the_command_line_wins(tmp_path):
+    recipe = tmp_path / "mine.json"
+    recipe.write_text(json.dumps({"recipe": "builtin", "learning_rate": 0.0123, "max_steps": 7, "builtin_seed": 5}))
+    model_args, data_args, recipe_args, training_args = parse_args(["--recipe", str(recipe), "--max_steps", "3"])
+    assert training_args.learning_rate == 0.0123  # from the file
+    assert training_args.max_steps == 3  # the command line wins
+    assert data_args.builtin_seed == 5
+    assert training_args.warmup_steps == 200 and recipe_args.max_tokens_per_batch == 2048  # from its base, builtin
+    assert training_args.output_dir == "outputs/vanilla-builtin"
+    assert recipe_args.recipe == str(recipe)
+
+
+def test_recipe_defaults_follow_the_data():
+    _, _, recipe_args, training_args = parse_args([])
+    assert recipe_args.recipe == "builtin" and training_args.do_train
+    _, _, recipe_args, training_args = parse_args(["--train_file", "x.jsonl", "--output_dir=elsewhere"])
+    assert recipe_args.recipe == "paper" and training_args.warmup_steps == 4000 and recipe_args.paper_learning_rate
+    assert training_args.output_dir == "elsewhere"  # --output_dir=DIR is seen as well as --output_dir DIR
+
+
+def test_paper_big_builds_on_paper():
+    model_args, _, recipe_args, training_args = parse_args(["--recipe", "paper_big", "--train_file", "x.jsonl"])
+    assert model_args.preset == "big" and training_args.max_steps == 300000  # its own values
+    assert training_args.do_train and training_args.warmup_steps == 4000  # the paper recipe's
+    assert recipe_args.paper_learning_rate and recipe_args.max_tokens_per_batch == 4096
+    assert training_args.adam_beta2 == 0.98 and training_args.label_smoothing_factor == 0.1
+
+
+def test_recipes_that_name_each_other_in_a_loop_are_refused(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"recipe": str(tmp_path / "b.json")}))
+    (tmp_path / "b.json").write_text(json.dumps({"recipe": str(tmp_path / "a.json")}))
+    with pytest.raises(ValueError, match="loop"):
+        parse_args(["--recipe", str(tmp_path / "a.json")])
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_recipe_file_as_the_only_argument(tmp_path, suffix):
+    output_dir = tmp_path / "out"
+    values = {
+        "recipe": "builtin",
+        "output_dir": str(output_dir),
+        "config_overrides": TINY_MODEL,
+        "tokenizer_vocab_size": 300,
+        "builtin_train_size": 100,
+        "max_test_samples": 2,
+        "max_steps": 2,
+        "learning_rate": 0.0123,
+    }
+    recipe = tmp_path / f"run{suffix}"
+    if suffix == ".json":
+        recipe.write_text(json.dumps(values))
+    else:
+        recipe.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items()))
+    results = run([str(recipe)])
+    assert results["test_samples"] == 2
+    args = torch.load(output_dir / "training_args.bin", weights_only=False)
+    assert (args.learning_rate, args.max_steps, args.warmup_steps) == (0.0123, 2, 200)  # file, file, builtin
+    assert AutoModelForSeq2SeqLM.from_pretrained(output_dir).config.d_model == 32
+    # Options after the file override it.
+    _, _, recipe_args, training_args = parse_args([str(recipe), "--max_steps", "5", "--output_dir=elsewhere"])
+    assert (training_args.max_steps, training_args.output_dir, training_args.learning_rate) == (5, "elsewhere", 0.0123)
+    assert recipe_args.recipe == str(recipe)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning a trained model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fine_tune_from_a_model_folder_reuses_its_tokenizer(builtin_run, tmp_path, caplog):
+    source, _ = builtin_run
+    output_dir = tmp_path / "fine-tuned"
+    caplog.set_level(logging.INFO, logger="hf_vanilla_transformer.train")
+    main(
+        [
+            "--model_name_or_path", str(source),
+            "--output_dir", str(output_dir),
+            "--builtin_train_size", "100",
+            "--max_steps", "2",
+            "--max_test_samples", "2",
+        ]
+    )  # fmt: skip
+    assert "Training a shared BPE tokenizer" not in caplog.text
+    assert AutoTokenizer.from_pretrained(output_dir).get_vocab() == AutoTokenizer.from_pretrained(source).get_vocab()
+    before, after = weights(source), weights(output_dir)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    assert AutoModelForSeq2SeqLM.from_pretrained(output_dir).config.d_model == 32  # the model's, not the recipe's
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input fails before training, names what is wrong and writes no model
+# ---------------------------------------------------------------------------------------------
+
+
+def bad_jsonl(folder: Path, kind: str) -> list[str]:
+    good = [{"en": "a red boat", "de": "bal zor"}, {"en": "the old farmer", "de": "gu tanur"}]
+    path = folder / f"{kind}.jsonl"
+    if kind == "missing":
+        return ["--train_file", str(folder / "does-not-exist.jsonl")]
+    if kind == "wrong_language":
+        write_jsonl(path, [{"en": r["en"], "fr": r["de"]} for r in good])
+    elif kind == "malformed":
+        path.write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1]) + "\n" + '{"en": "oops", "de": \n')
+    elif kind == "empty":
+        path.write_text("")
+    else:
+        write_jsonl(path, good)
+    return ["--train_file", str(path)]
+
+
+@pytest.mark.parametrize(
+    "kind, extra, error, message",
+    [
+        ("missing", [], FileNotFoundError, r"train_file: .*does-not-exist\.jsonl does not exist"),
+        ("wrong_language", [], ValueError, r"wrong_language\.jsonl: no column 'de'; the columns are \['en', 'fr'\]"),
+        ("malformed", [], ValueError, r"malformed\.jsonl, line 3: not valid JSON"),
+        ("empty", [], ValueError, r"The train split is empty: .*empty\.jsonl"),
+        ("good", ["--max_source_length", "1"], ValueError, r"No training pairs are left after filtering"),
+        ("good", ["--recipe", "nope"], ValueError, r"Unknown recipe 'nope'; choose one of \['builtin', 'paper', 'paper_big'\]"),
+        ("good", ["--config_overrides", "d_model"], ValueError, r"config_overrides item 'd_model' is not key=value"),
+        ("good", ["--config_overrides", "dmodel=64"], ValueError, r"sets \['dmodel'\], which VanillaTransformerConfig does not have"),
+        ("good", ["--config_overrides", "dropout=1.5"], ValueError, r"dropout must be a number in \[0, 1\), got 1.5"),
+        ("good", ["--num_beams", "0"], ValueError, r"--num_beams must be at least 1"),
+    ],
+)  # fmt: skip
+def test_bad_input_fails_before_training(tmp_path, kind, extra, error, message):
+    output_dir = tmp_path / "out"
+    argv = [*bad_jsonl(tmp_path, kind), "--source_lang", "en", "--target_lang", "de", "--output_dir", str(output_dir)]
+    with pytest.raises(error, match=message):
+        main([*argv, "--config_overrides", TINY_MODEL, *TINY, "--max_steps", "1", *extra])  # the last value wins
+    assert_no_model_written(output_dir)
+
+
+def test_data_without_languages_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="Pass --source_lang and --target_lang"):
+        main([*bad_jsonl(tmp_path, "good"), "--output_dir", str(tmp_path / "out")])
+    assert_no_model_written(tmp_path / "out")
+
+
+def test_a_tokenizer_bigger_than_the_model_fails_before_training(builtin_run, tmp_path):
+    source, _ = builtin_run
+    texts = [p for pair in load_builtin_dataset(train_size=300)["train"]["translation"] for p in pair.values()]
+    big = train_bpe_tokenizer(texts, vocab_size=500)
+    assert len(big) > AutoModelForSeq2SeqLM.from_pretrained(source).config.vocab_size
+    big.save_pretrained(tmp_path / "big-tokenizer")
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"The tokenizer has {len(big)} tokens but the model .* only \d+"):
+        main(["--model_name_or_path", str(source), "--tokenizer_name", str(tmp_path / "big-tokenizer"),
+              "--output_dir", str(output_dir), "--builtin_train_size", "100", "--max_steps", "1"])  # fmt: skip
+    assert_no_model_written(output_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash safety: checkpoints are whole or absent, and a resumed run ends where an uninterrupted one does
+# ---------------------------------------------------------------------------------------------
+
+SLOW_TRAIN = """
+import os, sys, time
+import torch
+from transformers import TrainerCallback
+import train.train as entry
+
+torch.set_num_threads(1)  # as in the test process (conftest): the same arithmetic, the same bits
+
+
+class Slow(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(float(os.environ["SECONDS_PER_STEP"]))
+
+
+class SlowTrainer(entry.VanillaSeq2SeqTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(Slow())
+
+
+entry.VanillaSeq2SeqTrainer = SlowTrainer
+entry.main(sys.argv[1:])
+"""
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.update(HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def test_killed_run_resumes_to_the_same_weights(builtin_run, tmp_path, caplog):
+    reference, _ = builtin_run
+    output_dir = tmp_path / "killed"
+    script = tmp_path / "slow_train.py"
+    script.write_text(SLOW_TRAIN)
+    argv = ["--output_dir", str(output_dir), *BUILTIN_RUN]
+    log_path = tmp_path / "killed.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(script), *argv], cwd=tmp_path, env=subprocess_env(SECONDS_PER_STEP="0.15"),
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    seen = set()
+    try:
+        deadline = time.monotonic() + 240
+        # Kill once a checkpoint of the second epoch (step 15 > 13 batches) is there, so that the resumed run
+        # must find its place in a later epoch's batch order.
+        while not (output_dir / "checkpoint-15").exists():
+            assert process.poll() is None, "training ended before it could be killed:\n" + log_path.read_text()
+            assert time.monotonic() < deadline, "no checkpoint-15 after 240 s"
+            for folder in output_dir.glob("checkpoint-*"):
+                # A rename puts each checkpoint in place whole: no visible one ever lacks a file.
+                missing = [name for name in CHECKPOINT_FILES if not (folder / name).exists()]
+                assert not missing, f"{folder.name} is visible without {missing}"
+                seen.add(folder.name)
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        log.close()
+    assert process.returncode == -signal.SIGKILL
+    assert {"checkpoint-5", "checkpoint-10"} <= seen
+    assert not (output_dir / "model.safetensors").exists()  # killed before the end
+    assert 1 < json.loads((output_dir / "checkpoint-15" / "trainer_state.json").read_text())["epoch"] < 2
+    for folder in output_dir.glob("checkpoint-*"):
+        assert all((folder / name).exists() for name in CHECKPOINT_FILES), folder
+
+    # The same command again resumes from the newest checkpoint and ends with the same weights and losses.
+    newest = last_complete_checkpoint(str(output_dir))
+    assert int(newest.rsplit("-", 1)[1]) >= 15
+    caplog.set_level(logging.INFO, logger="hf_vanilla_transformer.train")
+    main(argv)
+    assert f"Resuming from {newest}" in caplog.text
+    assert_same_weights(weights(output_dir), weights(reference))
+    assert logged_losses(output_dir) == logged_losses(reference)
+    assert not (output_dir / ".staging").exists()
+
+
+def test_a_crash_while_saving_leaves_no_checkpoint_and_resume_takes_the_last_whole_one(
+    builtin_run, tmp_path, monkeypatch
+):
+    reference, _ = builtin_run
+    output_dir = tmp_path / "crashed"
+    argv = ["--output_dir", str(output_dir), *BUILTIN_RUN]
+    save_to_json = TrainerState.save_to_json
+
+    def failing_save_to_json(self, json_path):
+        # trainer_state.json is the last file of a checkpoint: fail just before it, in epoch 1 (step 20).
+        if f"checkpoint-20{os.sep}" in json_path:
+            raise OSError("No space left on device (simulated)")
+        save_to_json(self, json_path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", failing_save_to_json)
+    with pytest.raises(OSError, match="simulated"):
+        main(argv)
+    monkeypatch.undo()
+
+    assert not (output_dir / "checkpoint-20").exists()
+    staged = output_dir / ".staging" / "checkpoint-20"
+    assert (staged / "model.safetensors").exists() and not (staged / "trainer_state.json").exists()
+    assert last_complete_checkpoint(str(output_dir)) == str(output_dir / "checkpoint-15")
+    assert not (output_dir / "model.safetensors").exists()
+
+    main(argv)
+    assert_same_weights(weights(output_dir), weights(reference))
+    assert logged_losses(output_dir) == logged_losses(reference)
+    assert (output_dir / "checkpoint-20" / "trainer_state.json").exists()
+    assert not (output_dir / ".staging").exists()
