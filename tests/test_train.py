@@ -18,7 +18,7 @@ from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import last_complete_checkpoint
-from train.train import main, parse_args, run
+from train.train import load_recipe, main, parse_args, run
 
 TINY_MODEL = "d_model=32,d_ff=64,num_heads=2,encoder_layers=1,decoder_layers=1"
 TINY = ["--tokenizer_vocab_size", "300", "--max_test_samples", "4", "--report_to", "none"]
@@ -219,6 +219,18 @@ def test_recipe_defaults_follow_the_data():
     _, _, recipe_args, training_args = parse_args(["--train_file", "x.jsonl", "--output_dir=elsewhere"])
     assert recipe_args.recipe == "paper" and training_args.warmup_steps == 4000 and recipe_args.paper_learning_rate
     assert training_args.output_dir == "elsewhere"  # --output_dir=DIR is seen as well as --output_dir DIR
+
+
+def test_a_recipe_file_naming_no_base_builds_on_the_default_for_its_data(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("max_steps: 3\n")
+    _, _, recipe_args, training_args = parse_args([str(bare)])
+    assert training_args.do_train and training_args.max_steps == 3  # builtin underneath: it trains
+    assert recipe_args.max_tokens_per_batch == load_recipe("builtin")["max_tokens_per_batch"]
+    with_data = tmp_path / "data.json"
+    with_data.write_text(json.dumps({"train_file": "x.jsonl", "source_lang": "de", "target_lang": "en"}))
+    _, data_args, recipe_args, training_args = parse_args([str(with_data)])
+    assert data_args.train_file == "x.jsonl" and training_args.warmup_steps == 4000  # paper underneath
 
 
 def test_paper_big_builds_on_paper():

@@ -136,8 +136,7 @@ class RecipeArguments:
     num_samples_to_show: int = field(default=5, metadata={"help": "Test sentences printed with their translations."})
 
 
-def load_recipe(name_or_path: str, _named_by: tuple[str, ...] = ()) -> dict:
-    """A recipe's values on top of those of the recipe it names under "recipe" (paper_big builds on paper)."""
+def _recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.json"
@@ -146,6 +145,12 @@ def load_recipe(name_or_path: str, _named_by: tuple[str, ...] = ()) -> dict:
             raise ValueError(f"Unknown recipe {name_or_path!r}; choose one of {known} or give a .json/.yaml file.")
     if not path.exists():
         raise FileNotFoundError(f"Recipe file {path} does not exist.")
+    return path
+
+
+def read_recipe_file(name_or_path: str) -> dict:
+    """The values written in one recipe (a shipped name or a JSON/YAML file), without its base."""
+    path = _recipe_path(name_or_path)
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         try:
@@ -157,7 +162,14 @@ def load_recipe(name_or_path: str, _named_by: tuple[str, ...] = ()) -> dict:
         values = json.loads(text)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}.")
-    base = values.pop("recipe", None)
+    return values
+
+
+def load_recipe(name_or_path: str, _named_by: tuple[str, ...] = (), default_base: str | None = None) -> dict:
+    """A recipe's values on top of those of the recipe it names under "recipe" (paper_big builds on paper),
+    or on `default_base` when it names none."""
+    values = read_recipe_file(name_or_path)
+    base = values.pop("recipe", None) or default_base
     if base:
         chain = (*_named_by, name_or_path)
         if base in chain:
@@ -175,7 +187,13 @@ def parse_args(argv: list[str] | None = None):
     probe, _ = parser.parse_known_args(argv)
     data_given = any(getattr(probe, k, None) for k in ("dataset_name", "train_file"))
     recipe_name = probe.recipe or ("paper" if data_given else "builtin")
-    recipe = load_recipe(recipe_name)
+    default_base = None
+    if Path(recipe_name).suffix:
+        # A user's file that names no base builds on the default one, so it only needs what it changes.
+        in_file = read_recipe_file(recipe_name)
+        data_given = data_given or any(in_file.get(k) for k in ("dataset_name", "train_file"))
+        default_base = "paper" if data_given else "builtin"
+    recipe = load_recipe(recipe_name, default_base=default_base)
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(recipe) - known)
     if unknown:
