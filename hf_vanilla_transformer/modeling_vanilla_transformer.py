@@ -730,7 +730,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
-            _check_labels(labels, self.lm_head.weight.shape[0])
+            _check_labels(labels, self.lm_head.out_features)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)

@@ -66,7 +66,7 @@ def run(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
 
     sources, references = load_test_pairs(args)
-    model, tokenizer = load_translation_model(args.model, device=args.device)
+    model, tokenizer = load_translation_model(args.model, device=args.device, quantize=args.quantize)
     hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, progress=True, **generation_kwargs(args))
     scores = translation_scores(hypotheses, references)
     scores["samples"] = len(references)

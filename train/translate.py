@@ -33,6 +33,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, help="Seed for sampling.")
     group.add_argument("--batch_size", type=int, default=32, help="Sentences per generate() call.")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available).")
+    group.add_argument(
+        "--quantize", choices=("int8",), help="int8 linear layers: faster CPU decoding, slightly different output."
+    )
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
@@ -73,7 +76,7 @@ def run(argv: list[str] | None = None) -> list[str]:
     sentences = read_sentences(args)
     if not sentences:
         raise SystemExit("error: no sentences to translate (give them as arguments, with --file, or on stdin).")
-    model, tokenizer = load_translation_model(args.model, device=args.device)
+    model, tokenizer = load_translation_model(args.model, device=args.device, quantize=args.quantize)
     kwargs = generation_kwargs(args)
     translations = translate(model, tokenizer, sentences, batch_size=args.batch_size, progress=len(sentences) > args.batch_size, **kwargs)
     for line in translations:
