@@ -208,7 +208,9 @@ def test_recipe_values_are_defaults_and_the_command_line_wins(tmp_path):
     assert training_args.learning_rate == 0.0123  # from the file
     assert training_args.max_steps == 3  # the command line wins
     assert data_args.builtin_seed == 5
-    assert training_args.warmup_steps == 200 and recipe_args.max_tokens_per_batch == 2048  # from its base, builtin
+    builtin = load_recipe("builtin")
+    assert training_args.warmup_steps == builtin["warmup_steps"]  # from its base, builtin
+    assert recipe_args.max_tokens_per_batch == builtin["max_tokens_per_batch"]
     assert training_args.output_dir == "outputs/vanilla-builtin"
     assert recipe_args.recipe == str(recipe)
 
@@ -269,7 +271,8 @@ def test_a_recipe_file_as_the_only_argument(tmp_path, suffix):
     results = run([str(recipe)])
     assert results["test_samples"] == 2
     args = torch.load(output_dir / "training_args.bin", weights_only=False)
-    assert (args.learning_rate, args.max_steps, args.warmup_steps) == (0.0123, 2, 200)  # file, file, builtin
+    warmup = load_recipe("builtin")["warmup_steps"]
+    assert (args.learning_rate, args.max_steps, args.warmup_steps) == (0.0123, 2, warmup)  # file, file, builtin
     assert AutoModelForSeq2SeqLM.from_pretrained(output_dir).config.d_model == 32
     # Options after the file override it.
     _, _, recipe_args, training_args = parse_args([str(recipe), "--max_steps", "5", "--output_dir=elsewhere"])
