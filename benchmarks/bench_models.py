@@ -1,0 +1,416 @@
+"""Speed and memory of this package's Transformer against transformers' Marian and torch.nn.Transformer.
+
+    python benchmarks/bench_models.py                      # CPU, fp32, the paper's base sizes
+    python benchmarks/bench_models.py --quick              # small sizes, to check the script
+    python benchmarks/bench_models.py --device cuda --dtype bf16 --compile   # on a GPU
+
+All models get identical sizes (d_model 512, 6+6 layers, 8 heads, d_ff 2048, ReLU, post-LN, one shared
+vocabulary). Each measurement runs round by round, the models interleaved within a round, so machine
+noise hits them alike; the table gives the median, the min-max, and the median of the per-round ratio to
+Marian. Results also go to a JSON file (--output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+MODELS = ("vanilla", "marian", "torch")
+
+
+# --- The three models, same sizes ---
+
+
+def vanilla_model(sizes: dict, vocab: int, attn: str = "sdpa"):
+    from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+
+    config = VanillaTransformerConfig(
+        vocab_size=vocab,
+        d_model=sizes["d_model"],
+        d_ff=sizes["d_ff"],
+        num_heads=sizes["heads"],
+        encoder_layers=sizes["layers"],
+        decoder_layers=sizes["layers"],
+        max_position_embeddings=512,
+        label_smoothing=0.0,
+    )
+    config._attn_implementation = attn
+    return VanillaTransformerForConditionalGeneration(config)
+
+
+def marian_model(sizes: dict, vocab: int, attn: str = "sdpa"):
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=vocab,
+        d_model=sizes["d_model"],
+        encoder_ffn_dim=sizes["d_ff"],
+        decoder_ffn_dim=sizes["d_ff"],
+        encoder_attention_heads=sizes["heads"],
+        decoder_attention_heads=sizes["heads"],
+        encoder_layers=sizes["layers"],
+        decoder_layers=sizes["layers"],
+        activation_function="relu",
+        scale_embedding=True,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+        decoder_start_token_id=1,
+        forced_eos_token_id=None,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        attn_implementation=attn,
+    )
+    return MarianMTModel(config)
+
+
+class TorchTransformer(nn.Module):
+    """torch.nn.Transformer with token embeddings (x sqrt(d_model)), sinusoidal positions and a tied output layer."""
+
+    def __init__(self, sizes: dict, vocab: int):
+        super().__init__()
+        d = sizes["d_model"]
+        self.embed = nn.Embedding(vocab, d)
+        self.transformer = nn.Transformer(
+            d_model=d,
+            nhead=sizes["heads"],
+            num_encoder_layers=sizes["layers"],
+            num_decoder_layers=sizes["layers"],
+            dim_feedforward=sizes["d_ff"],
+            dropout=0.1,
+            activation="relu",
+            batch_first=True,
+            norm_first=False,
+        )
+        self.out = nn.Linear(d, vocab, bias=False)
+        self.out.weight = self.embed.weight
+        from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoid_table
+
+        self.register_buffer("positions", sinusoid_table(1024, d), persistent=False)
+        self.scale = math.sqrt(d)
+
+    def _embed(self, ids):
+        return self.embed(ids) * self.scale + self.positions[: ids.shape[1]]
+
+    def encode(self, src):
+        return self.transformer.encoder(self._embed(src))
+
+    def decode(self, tgt, memory):
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1], device=tgt.device)
+        return self.out(self.transformer.decoder(self._embed(tgt), memory, tgt_mask=mask, tgt_is_causal=True))
+
+    def forward(self, src, tgt):
+        return self.decode(tgt, self.encode(src))
+
+
+def build(name: str, sizes: dict, vocab: int):
+    if name == "vanilla":
+        return vanilla_model(sizes, vocab)
+    if name == "marian":
+        return marian_model(sizes, vocab)
+    return TorchTransformer(sizes, vocab)
+
+
+# --- What is measured ---
+
+
+def make_batch(batch: int, src_len: int, tgt_len: int, vocab: int, device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": torch.randint(4, vocab, (batch, src_len), generator=g).to(device),
+        "labels": torch.randint(4, vocab, (batch, tgt_len), generator=g).to(device),
+    }
+
+
+def train_step_fn(name: str, model, batch: dict, autocast_dtype) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    device_type = batch["input_ids"].device.type
+
+    def step():
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if name == "torch":
+                labels = batch["labels"]
+                decoder_inputs = torch.cat([torch.ones_like(labels[:, :1]), labels[:, :-1]], dim=1)
+                logits = model(batch["input_ids"], decoder_inputs)
+                loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            else:
+                loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def generate_fn(name: str, model, batch: int, src_len: int, new_tokens: int, beams: int, vocab: int, device):
+    source = torch.randint(4, vocab, (batch, src_len), generator=torch.Generator().manual_seed(1)).to(device)
+    model.eval()
+    if name == "torch":
+        if beams > 1:
+            return None  # nn.Transformer has no beam search
+
+        @torch.inference_mode()
+        def greedy():
+            # nn.Transformer keeps no cache: every step re-runs the decoder over the whole prefix.
+            memory = model.encode(source)
+            out = torch.ones(batch, 1, dtype=torch.long, device=device)
+            for _ in range(new_tokens):
+                next_token = model.decode(out, memory)[:, -1].argmax(-1, keepdim=True)
+                out = torch.cat([out, next_token], dim=1)
+            return out
+
+        return greedy
+
+    kwargs = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        num_beams=beams,
+        do_sample=False,
+        early_stopping=False,
+        length_penalty=1.0,
+    )
+
+    @torch.inference_mode()
+    def run():
+        return model.generate(input_ids=source, attention_mask=torch.ones_like(source), **kwargs)
+
+    return run
+
+
+def timed(fn: Callable[[], object], device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return times
+
+
+# --- The machine's limit and the model's FLOPs ---
+
+
+def gemm_flops(m: int, k: int, n: int, device, dtype, repeats: int = 10) -> float:
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * m * k * n / best
+
+
+def analytic_train_flops(sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> float:
+    """Matmul FLOPs of one training step (forward x 3 for forward + backward), counting attention scores."""
+    d, f, n = sizes["d_model"], sizes["d_ff"], sizes["layers"]
+    s, t = batch * src, batch * tgt
+    enc = n * (s * (4 * d * d + 2 * d * f) + 2 * batch * src * src * d)
+    dec_self = n * (t * 4 * d * d + 2 * batch * tgt * tgt * d)
+    dec_cross = n * (t * 2 * d * d + s * 2 * d * d + 2 * batch * tgt * src * d)
+    dec_ffn = n * t * 2 * d * f
+    head = t * d * vocab
+    forward = 2 * (enc + dec_self + dec_cross + dec_ffn + head)
+    return 3 * forward
+
+
+def counted_train_flops(sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = vanilla_model(sizes, vocab)
+    model.config.dropout = 0.0
+    data = make_batch(batch, src, tgt, vocab, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        model(**data).loss.backward()
+    return float(counter.get_total_flops())
+
+
+# --- Peak memory of a fresh process ---
+
+
+def peak_memory_child(name: str, sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> None:
+    device = torch.device("cpu")
+    model = build(name, sizes, vocab)
+    step = train_step_fn(name, model, make_batch(batch, src, tgt, vocab, device), None)
+    step()
+    step()
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory(name: str, sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> float:
+    code = (
+        "import json, sys; sys.path.insert(0, %r); import bench_models as b; "
+        "b.peak_memory_child(%r, json.loads(%r), %d, %d, %d, %d)"
+        % (os.path.dirname(os.path.abspath(__file__)), name, json.dumps(sizes), vocab, batch, src, tgt)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+# --- Report ---
+
+
+def summarize(times: dict[str, list[float]], work: float) -> dict:
+    """Throughput (work / second) per model: median, min, max; and per-round ratio to Marian."""
+    rows = {}
+    for name, values in times.items():
+        rates = [work / t for t in values]
+        row = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+        if "marian" in times and name != "marian":
+            row["ratio_to_marian"] = statistics.median(m / t for t, m in zip(values, times["marian"]))
+        rows[name] = row
+    return rows
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{'measurement':38s} {'model':12s} {'median':>10s} {'min-max':>19s} {'x Marian':>9s}")
+    for key, rows in results["throughput"].items():
+        for name, row in rows.items():
+            ratio = f"{row['ratio_to_marian']:.2f}" if "ratio_to_marian" in row else ("1.00" if name == "marian" else "")
+            print(f"{key:38s} {name:12s} {row['median']:10.1f} {row['min']:9.1f}-{row['max']:<9.1f} {ratio:>9s}")
+    for key, value in results.get("memory_mb", {}).items():
+        print(f"{'peak RSS, 2 training steps (MB)':38s} {key:12s} {value:10.0f}")
+    limit = results["machine"]
+    print(f"\nGEMM peak {limit['gemm_2048_gflops']:.1f} GFLOP/s at 2048^3; at the model's shapes: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in limit["gemm_model_shapes_gflops"].items()))
+    for key, value in results.get("mfu", {}).items():
+        print(f"MFU {key}: " + ", ".join(f"{k} {v:.1%}" for k, v in value.items()))
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "bf16-autocast", "fp16-autocast"), default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each model's forward.")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--large_vocab", type=int, default=32000, help="Vocabulary of the extra training row.")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--skip", default="", help="Comma list of parts to skip: train,generate,memory,flops")
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes and shapes: checks the script runs.")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice).")
+    parser.add_argument("--output", default="benchmarks/results.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    names = [n for n in args.models.split(",") if n]
+    skip = set(args.skip.split(","))
+    sizes = {"d_model": 512, "d_ff": 2048, "heads": 8, "layers": 6}
+    train_shapes = [(64, 32, 32, args.vocab), (16, 128, 128, args.vocab), (64, 32, 32, args.large_vocab)]
+    gen_cases = [("greedy b1", 1, 1), ("greedy b16", 16, 1), ("beam4 b1", 1, 4)]
+    new_tokens, src_len = 64, 32
+    if args.quick:
+        sizes = {"d_model": 64, "d_ff": 128, "heads": 4, "layers": 2}
+        train_shapes = [(8, 16, 16, 500), (4, 32, 32, 500)]
+        new_tokens, src_len = 8, 16
+        args.vocab = 500
+    param_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    autocast = {"bf16-autocast": torch.bfloat16, "fp16-autocast": torch.float16}.get(args.dtype)
+
+    results = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": args.dtype,
+            "compile": args.compile,
+            "torch": torch.__version__,
+        },
+        "sizes": sizes,
+        "throughput": {},
+    }
+    gemm_dtype = torch.bfloat16 if args.dtype != "fp32" else torch.float32
+    results["machine"]["gemm_2048_gflops"] = gemm_flops(2048, 2048, 2048, device, gemm_dtype) / 1e9
+    d, f = sizes["d_model"], sizes["d_ff"]
+    tokens = train_shapes[0][0] * train_shapes[0][1]
+    results["machine"]["gemm_model_shapes_gflops"] = {
+        f"{tokens}x{d}x{d}": gemm_flops(tokens, d, d, device, gemm_dtype) / 1e9,
+        f"{tokens}x{d}x{f}": gemm_flops(tokens, d, f, device, gemm_dtype) / 1e9,
+        f"{tokens}x{f}x{d}": gemm_flops(tokens, f, d, device, gemm_dtype) / 1e9,
+        f"{tokens}x{d}x{args.vocab}": gemm_flops(tokens, d, args.vocab, device, gemm_dtype) / 1e9,
+    }
+
+    def prepared(name, vocab):
+        torch.manual_seed(0)
+        model = build(name, sizes, vocab).to(device=device, dtype=param_dtype)
+        if args.compile:
+            model.forward = torch.compile(model.forward)
+        return model
+
+    if "train" not in skip:
+        results["mfu"] = {}
+        for batch, src, tgt, vocab in train_shapes:
+            key = f"train tokens/s {batch}x{src}x{tgt} V={vocab}"
+            data = make_batch(batch, src, tgt, vocab, device)
+            fns = {n: train_step_fn(n, prepared(n, vocab), data, autocast) for n in names}
+            times = interleaved(fns, args.rounds, args.warmup, device)
+            results["throughput"][key] = summarize(times, batch * (src + tgt))
+            flops = analytic_train_flops(sizes, vocab, batch, src, tgt)
+            peak = results["machine"]["gemm_2048_gflops"] * 1e9
+            results["mfu"][key] = {n: flops / statistics.median(times[n]) / peak for n in names}
+            results.setdefault("train_flops_per_step", {})[key] = flops
+            del fns
+    if "flops" not in skip and device.type == "cpu":
+        batch, src, tgt, vocab = train_shapes[0]
+        results["flop_check"] = {
+            "analytic": analytic_train_flops(sizes, vocab, batch, src, tgt),
+            "flop_counter": counted_train_flops(sizes, vocab, batch, src, tgt),
+        }
+    if "generate" not in skip:
+        int8 = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile
+        for label, batch, beams in gen_cases:
+            key = f"generate new tokens/s {label}"
+            fns = {}
+            for n in names:
+                fn = generate_fn(n, prepared(n, args.vocab), batch, src_len, new_tokens, beams, args.vocab, device)
+                if fn is not None:
+                    fns[n] = fn
+            if int8:  # the opt-in reduced-precision path, against Marian in fp32
+                from hf_vanilla_transformer.quantization import quantize_int8
+
+                model = quantize_int8(prepared("vanilla", args.vocab).eval(), inplace=True)
+                fns["vanilla-int8"] = generate_fn("vanilla", model, batch, src_len, new_tokens, beams, args.vocab, device)
+            times = interleaved(fns, args.rounds, args.warmup, device)
+            results["throughput"][key] = summarize(times, batch * new_tokens)
+    if "memory" not in skip and device.type == "cpu":
+        batch, src, tgt, vocab = train_shapes[0]
+        results["memory_mb"] = {n: peak_memory(n, sizes, vocab, batch, src, tgt) for n in names}
+
+    print_table(results)
+    if args.output:
+        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+        with open(args.output, "w") as fh:
+            json.dump(results, fh, indent=2)
+        print(f"\nWrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
