@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -215,7 +214,7 @@ def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> d
 # --- The machine's limit and the model's FLOPs ---
 
 
-def gemm_flops(m: int, k: int, n: int, device, dtype, repeats: int = 10) -> float:
+def gemm_flops(m: int, k: int, n: int, device, dtype, repeats: int = 30) -> float:
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -257,7 +256,10 @@ def peak_memory_child(name: str, sizes: dict, vocab: int, batch: int, src: int, 
     step = train_step_fn(name, model, make_batch(batch, src, tgt, vocab, device), None)
     step()
     step()
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report its parent's peak.
+    with open("/proc/self/status") as fh:
+        peak_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mb": peak_kb / 1024}))
 
 
 def peak_memory(name: str, sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> float:
@@ -296,6 +298,10 @@ def print_table(results: dict) -> None:
     limit = results["machine"]
     print(f"\nGEMM peak {limit['gemm_2048_gflops']:.1f} GFLOP/s at 2048^3; at the model's shapes: "
           + ", ".join(f"{k} {v:.1f}" for k, v in limit["gemm_model_shapes_gflops"].items()))
+    if "flop_check" in results:
+        check = results["flop_check"]
+        print(f"FLOPs per training step: analytic {check['analytic'] / 1e9:.1f} G, torch flop_counter "
+              f"{check['flop_counter'] / 1e9:.1f} G")
     for key, value in results.get("mfu", {}).items():
         print(f"MFU {key}: " + ", ".join(f"{k} {v:.1%}" for k, v in value.items()))
 
