@@ -14,7 +14,7 @@ import sacrebleu
 from accelerate.data_loader import DataLoaderShard
 from torch.utils.data import DataLoader
 from transformers import Seq2SeqTrainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .batching import TokenBudgetBatchSampler
 
@@ -164,24 +164,7 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
                 self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(
                     staging_root, run_dir, 1
                 )
-            self._rotate(run_dir)
+            rotate_checkpoints(
+                run_dir, save_total_limit=self.args.save_total_limit, best_model_checkpoint=self.state.best_model_checkpoint
+            )
         self.accelerator.wait_for_everyone()
-
-    def _rotate(self, run_dir: str) -> None:
-        limit = self.args.save_total_limit
-        if not limit:
-            return
-        checkpoints = sorted(
-            (
-                d
-                for d in os.listdir(run_dir)
-                if d.startswith(PREFIX_CHECKPOINT_DIR + "-") and d.split("-")[-1].isdigit()
-            ),
-            key=lambda d: int(d.split("-")[-1]),
-        )
-        keep = set(checkpoints[-limit:])
-        if self.state.best_model_checkpoint:
-            keep.add(os.path.basename(self.state.best_model_checkpoint))
-        for old in checkpoints:
-            if old not in keep:
-                shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)

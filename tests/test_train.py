@@ -97,6 +97,15 @@ def pairs(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_old_checkpoints_are_rotated_out_and_no_staging_is_left(tmp_path):
+    output_dir = tmp_path / "run"
+    args = [*BUILTIN_RUN, "--max_steps", "15", "--save_total_limit", "2", "--max_test_samples", "1"]
+    run(["--output_dir", str(output_dir), *args])
+    checkpoints = sorted(p.name for p in output_dir.iterdir() if p.name.startswith("checkpoint-"))
+    assert checkpoints == ["checkpoint-10", "checkpoint-15"]
+    assert not (output_dir / ".staging").exists()
+
+
 def test_training_lowers_the_loss(builtin_run):
     output_dir, _ = builtin_run
     losses = logged_losses(output_dir)

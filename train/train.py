@@ -44,6 +44,7 @@ from hf_vanilla_transformer.data import (
 )
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import (
+    STAGING_DIR,
     VanillaSeq2SeqTrainer,
     last_complete_checkpoint,
     make_compute_metrics,
@@ -336,7 +337,7 @@ def paper_generation_config(model, recipe_args: RecipeArguments) -> GenerationCo
 
 def save_final(trainer, tokenizer, output_dir: str) -> None:
     """Model, tokenizer and generation config into `output_dir`, each file moved in whole (never half-written)."""
-    staging = os.path.join(output_dir, ".staging", "final")
+    staging = os.path.join(output_dir, STAGING_DIR, "final")
     if trainer.args.should_save:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(staging)
@@ -344,7 +345,7 @@ def save_final(trainer, tokenizer, output_dir: str) -> None:
         tokenizer.save_pretrained(staging)
         for name in os.listdir(staging):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-        shutil.rmtree(os.path.join(output_dir, ".staging"), ignore_errors=True)
+        shutil.rmtree(os.path.join(output_dir, STAGING_DIR), ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
 
 
