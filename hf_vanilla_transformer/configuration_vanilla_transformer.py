@@ -46,6 +46,9 @@ class VanillaTransformerConfig(PreTrainedConfig):
         init_std: standard deviation for `init_scheme="normal"`.
         layer_norm_eps: epsilon of every LayerNorm.
         label_smoothing: epsilon_ls of the training loss (§5.4); Table 3 rows D vary it.
+        chunked_loss: in training (`model.train()`, labels given, gradients on), compute the loss a block of
+            target positions at a time, fused with the pre-softmax projection, so the (tokens x vocab) logits
+            are never held whole: less memory and time. `outputs.logits` is then None; set False to get them.
     """
 
     model_type = "vanilla_transformer"
@@ -80,6 +83,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     init_std: float = 0.02
     layer_norm_eps: float = 1e-5
     label_smoothing: float = 0.1
+    chunked_loss: bool = True
     use_cache: bool = True
     is_encoder_decoder: bool = True
     pad_token_id: int | None = 0
@@ -121,6 +125,8 @@ class VanillaTransformerConfig(PreTrainedConfig):
                 f"d_model must be even for sinusoidal positions (sin and cos pairs, §3.5), got {self.d_model}. "
                 "Use an even d_model or position_embedding='learned'."
             )
+        if not isinstance(self.chunked_loss, bool):
+            raise ValueError(f"chunked_loss must be True or False, got {self.chunked_loss!r}.")
         if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
             raise ValueError(f"init_std must be a positive number, got {self.init_std!r}.")
         if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:

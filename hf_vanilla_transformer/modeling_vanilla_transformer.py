@@ -75,6 +75,21 @@ def _check_mask(mask: torch.Tensor | None, shape: tuple[int, int], name: str, wh
         raise ValueError(f"{name} has shape {tuple(mask.shape)} but {what} needs {tuple(shape)}.")
 
 
+def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """§5.4 dropout, as `F.dropout`. On the CPU, torch draws one 32-bit random number per element through its
+    Bernoulli sampler, which costs several times the layer it follows; here one 64-bit draw decides four
+    elements (16 bits each), so `p` is rounded to a multiple of 1/65536 and the kept values are scaled by
+    1 / (1 - that rounded p). Other devices, and torch.compile, use `F.dropout`."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0 or _is_compiling():
+        return F.dropout(x, p=p, training=True)
+    dropped = round(p * 65536)  # out of 65536 equally likely 16-bit values
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
+    return torch.where(keep, x * (65536 / (65536 - dropped)), 0.0)
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Decoder inputs from labels: "the output embeddings are offset by one position" (§3.1)."""
     shifted = labels.new_full(labels.shape, pad_token_id)
@@ -169,7 +184,7 @@ def scaled_dot_product_attention(
         else:
             scores = scores + attention_mask
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
+    weights = apply_dropout(weights, dropout, module.training)
     output = torch.matmul(weights, value)  # (batch, heads, q_len, d_v)
     return output.transpose(1, 2).contiguous(), weights  # (batch, q_len, heads, d_v)
 
@@ -262,7 +277,7 @@ class VanillaTransformerFeedForward(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.activation(self.fc1(hidden_states))
-        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        hidden_states = apply_dropout(hidden_states, self.activation_dropout, self.training)
         return self.fc2(hidden_states)
 
 
@@ -283,7 +298,7 @@ class VanillaTransformerSublayer(nn.Module):
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, ...]:
         output, *extra = sublayer(self.norm(x) if self.pre_norm else x)
-        x = x + F.dropout(output, p=self.dropout, training=self.training)
+        x = x + apply_dropout(output, self.dropout, self.training)
         return (x if self.pre_norm else self.norm(x), *extra)
 
 
@@ -412,7 +427,7 @@ class VanillaTransformerStack(nn.Module):
         # precision (and when it grows), so it takes the embeddings' dtype here.
         positions = self.embed_positions(position_ids, max_length).to(inputs_embeds.dtype)
         hidden_states = inputs_embeds * self.embed_scale + positions
-        return F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        return apply_dropout(hidden_states, self.config.dropout, self.training)
 
     def finish(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.final_norm(hidden_states) if self.final_norm is not None else hidden_states
@@ -657,6 +672,62 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# --- §3.4 + §5.4 The pre-softmax projection and the label-smoothed training loss ---
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Sum over target positions of the label-smoothed cross-entropy of `hidden @ weight.T`, a block of rows
+    at a time. Each block's gradient, softmax - ((1 - eps) one_hot + eps / vocab), is formed and multiplied
+    back into the hidden-state and weight gradients at once, so no (tokens x vocab) tensor outlives its block
+    and the matmul FLOPs equal the plain path's. Rows labelled -100 add nothing."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, label_smoothing: float, block_rows: int):
+        vocab = weight.shape[0]
+        accumulate = torch.promote_types(hidden.dtype, torch.float32)  # half-precision logits are summed in float32
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight else None
+        total = torch.zeros((), dtype=accumulate, device=hidden.device)
+        for start in range(0, hidden.shape[0], block_rows):
+            rows = slice(start, start + block_rows)
+            target = labels[rows]
+            keep = target != -100
+            target = target.clamp(min=0).unsqueeze(1)  # (block, 1)
+            logits = (hidden[rows] @ weight.T).to(accumulate)  # (block, vocab)
+            log_z = torch.logsumexp(logits, dim=-1)
+            nll = log_z - logits.gather(1, target).squeeze(1)
+            if label_smoothing:
+                # -mean_v log p_v = log Z - mean_v logit_v
+                nll = (1.0 - label_smoothing) * nll + label_smoothing * (log_z - logits.mean(dim=-1))
+            total += nll[keep].sum()
+            if want_hidden or want_weight:
+                probs = logits.sub_(log_z.unsqueeze(1)).exp_()  # softmax, in place of the logits
+                if label_smoothing:
+                    probs.sub_(label_smoothing / vocab)
+                probs.scatter_add_(1, target, probs.new_full(target.shape, label_smoothing - 1.0))
+                probs.mul_(keep.unsqueeze(1))
+                probs = probs.to(hidden.dtype)
+                if want_hidden:
+                    grad_hidden[rows] = probs @ weight
+                if want_weight and grad_weight.dtype == hidden.dtype:
+                    grad_weight.addmm_(probs.T, hidden[rows])
+                elif want_weight:
+                    grad_weight += probs.T @ hidden[rows]
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
     """The model with its pre-softmax linear layer (§3.4): next-token logits, a loss from `labels`, `generate()`."""
 
@@ -749,12 +820,26 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (batch, tgt_len, vocab)
+        hidden_states = outputs.last_hidden_state
+        if labels is not None and labels.shape != hidden_states.shape[:2]:
+            raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(hidden_states.shape[:2])}.")
+        if labels is not None and self.config.chunked_loss and self.training and torch.is_grad_enabled():
+            labels = labels.reshape(-1).to(hidden_states.device)
+            # About 16 MB of float32 logits per block: it stays in cache, and no block is worth splitting further.
+            block_rows = max(64, (1 << 22) // self.lm_head.out_features)
+            loss = ChunkedLinearCrossEntropy.apply(
+                hidden_states.reshape(-1, hidden_states.shape[-1]),
+                self.lm_head.weight,
+                labels,
+                self.config.label_smoothing,
+                block_rows,
+            )
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum())
+            return self._output(loss, None, outputs, return_dict)
+        logits = self.lm_head(hidden_states)  # (batch, tgt_len, vocab)
 
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(logits.shape[:2])}.")
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.shape[-1]),
                 labels.reshape(-1).to(logits.device),
@@ -765,6 +850,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             if num_items_in_batch is not None:
                 loss = loss / num_items_in_batch
 
+        return self._output(loss, logits, outputs, return_dict)
+
+    @staticmethod
+    def _output(loss, logits, outputs: Seq2SeqModelOutput, return_dict: bool) -> Seq2SeqLMOutput | tuple:
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

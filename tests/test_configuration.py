@@ -175,6 +175,12 @@ def test_non_positive_init_std_and_eps_are_rejected(field, value):
         VanillaTransformerConfig(**{field: value})
 
 
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_chunked_loss_must_be_a_bool(value):
+    with pytest.raises(ValueError, match=rf"chunked_loss must be True or False, got {value!r}"):
+        VanillaTransformerConfig(chunked_loss=value)
+
+
 def test_unknown_table3_row_is_rejected():
     with pytest.raises(ValueError, match=r"Unknown Table 3 row 'F'.*base"):
         table3_config("F")

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    ChunkedLinearCrossEntropy,
     VanillaTransformerAttention,
+    apply_dropout,
     VanillaTransformerEncoderLayer,
     scaled_dot_product_attention,
     sinusoid_table,
@@ -488,6 +490,52 @@ def test_loss_is_label_smoothed_cross_entropy_ignoring_minus_100(tiny_model, lab
     torch.testing.assert_close(summed.double(), total / 20, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("block_rows", [1, 5, 64])
+def test_chunked_loss_matches_cross_entropy_of_the_full_logits(label_smoothing, block_rows):
+    # 23 rows in blocks of 1, 5 (a ragged last block) or one block; rows labelled -100 add nothing.
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(23, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (23,), generator=generator)
+    labels[[2, 7, 8]] = -100
+    total = ChunkedLinearCrossEntropy.apply(hidden, weight, labels, label_smoothing, block_rows)
+    (3.0 * total).backward()  # a non-unit upstream gradient must scale both gradients
+    chunked = (total.detach(), hidden.grad.clone(), weight.grad.clone())
+
+    hidden.grad, weight.grad = None, None
+    plain = torch.nn.functional.cross_entropy(
+        hidden @ weight.T, labels, ignore_index=-100, label_smoothing=label_smoothing, reduction="sum"
+    )
+    (3.0 * plain).backward()
+    torch.testing.assert_close(chunked[0], plain.detach())
+    torch.testing.assert_close(chunked[1], hidden.grad)
+    torch.testing.assert_close(chunked[2], weight.grad)
+
+
+def test_training_loss_skips_the_logits_and_keeps_loss_and_gradients(tiny_model):
+    source, labels = random_ids(3, 6), random_ids(3, 5, seed=1)
+    labels[0, 3:] = -100
+
+    def run(chunked: bool, num_items=None):
+        model = tiny_model(chunked_loss=chunked, label_smoothing=0.1).train()
+        out = model(input_ids=source, labels=labels, num_items_in_batch=num_items)
+        out.loss.backward()
+        return out, {name: p.grad for name, p in model.named_parameters()}
+
+    for num_items in (None, 40):
+        (chunked, chunked_grads), (plain, plain_grads) = run(True, num_items), run(False, num_items)
+        assert chunked.logits is None and plain.logits is not None
+        torch.testing.assert_close(chunked.loss, plain.loss)
+        for name in plain_grads:
+            torch.testing.assert_close(chunked_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    # Evaluation keeps the logits (Trainer's prediction_step and compute_metrics read them).
+    model = tiny_model(chunked_loss=True).train()
+    with torch.no_grad():
+        assert model(input_ids=source, labels=labels).logits.shape == (3, 5, model.config.vocab_size)
+    assert model.eval()(input_ids=source, labels=labels).logits is not None
+
+
 def test_decoder_inputs_are_labels_shifted_right(tiny_model):
     model = tiny_model(decoder_start_token_id=1, pad_token_id=0)
     source, labels = random_ids(2, 6), random_ids(2, 5, seed=1)
@@ -556,6 +604,45 @@ def test_learned_positions_refuse_sequences_longer_than_the_table(tiny_model, si
     too_long = dict(fits, **{"input_ids" if side == "source" else "decoder_input_ids": random_ids(1, 9)})
     with pytest.raises(ValueError, match=r"needs 9 positions.*max_position_embeddings=8.*sinusoidal"):
         model(**too_long)
+
+
+# --- Dropout (§5.4) ---
+
+
+def test_dropout_is_identity_in_eval_and_at_p_zero():
+    x = torch.randn(4, 8)
+    assert apply_dropout(x, 0.1, training=False) is x
+    assert apply_dropout(x, 0.0, training=True) is x
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_drops_p_of_the_elements_and_rescales_the_rest(p):
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1001) + 1.0  # an odd element count: the 4-per-draw packing must not run short
+    y = apply_dropout(x, p, training=True)
+    dropped = y == 0
+    sigma = math.sqrt(p * (1 - p) / x.numel())
+    assert abs(dropped.float().mean().item() - p) < 5 * sigma
+    # Every one of the four 16-bit slices of a random word decides its element with the same p.
+    for lane in range(4):
+        rate = dropped.flatten()[lane::4].float().mean().item()
+        assert abs(rate - p) < 5 * 2 * sigma, (lane, rate)
+    kept = ~dropped
+    torch.testing.assert_close(y[kept] * (1 - p), x[kept], rtol=1e-4, atol=0)
+    assert abs(y.mean().item() - x.mean().item()) < 0.01  # expectation preserved
+    assert not torch.equal(dropped, apply_dropout(x, p, training=True) == 0)  # a fresh mask each call
+
+
+def test_dropout_follows_the_seed_and_passes_gradients_through_kept_elements():
+    x = torch.randn(64, 33, requires_grad=True)
+    torch.manual_seed(3)
+    first = apply_dropout(x, 0.25, training=True)
+    torch.manual_seed(3)
+    second = apply_dropout(x, 0.25, training=True)
+    assert torch.equal(first, second)
+    first.sum().backward()
+    expected = (first != 0).float() * (first.detach() / x.detach()).nan_to_num()
+    torch.testing.assert_close(x.grad, expected)
 
 
 # --- Training plumbing ---
