@@ -214,6 +214,26 @@ def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> d
 # --- The machine's limit and the model's FLOPs ---
 
 
+def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, rounds: int = 7) -> float:
+    """Milliseconds for just the linear layers of one decoding step: every decoder projection whose input changes
+    each step (self-attention Q, K, V, O; cross-attention Q, O; the two FFN layers) and the output layer, each with
+    its own weights so they stream from memory as in the model. No fp32 model built on torch's linear can decode a
+    step faster than this."""
+    d, f, n = sizes["d_model"], sizes["d_ff"], sizes["layers"]
+    shapes = n * ([(d, d)] * 6 + [(d, f), (f, d)]) + [(d, vocab)]
+    layers = [nn.Linear(i, o) for i, o in shapes]
+    inputs = [torch.randn(batch, i) for i, _ in shapes]
+
+    def step():
+        for layer, x in zip(layers, inputs):
+            layer(x)
+
+    with torch.inference_mode():
+        step()
+        return statistics.median(timed(step, torch.device("cpu")) for _ in range(rounds)) * 1e3
+
+
+
 def gemm_flops(m: int, k: int, n: int, device, dtype, repeats: int = 30) -> float:
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
@@ -262,7 +282,13 @@ def peak_memory_child(name: str, sizes: dict, vocab: int, batch: int, src: int, 
     print(json.dumps({"peak_rss_mb": peak_kb / 1024}))
 
 
-def peak_memory(name: str, sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> float:
+def peak_memory(name: str, sizes: dict, vocab: int, batch: int, src: int, tgt: int, repeats: int = 3) -> dict:
+    """Peak RSS of `repeats` fresh processes: how much glibc keeps of freed memory varies from one to the next."""
+    peaks = [peak_memory_once(name, sizes, vocab, batch, src, tgt) for _ in range(repeats)]
+    return {"median": statistics.median(peaks), "min": min(peaks), "max": max(peaks)}
+
+
+def peak_memory_once(name: str, sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> float:
     code = (
         "import json, sys; sys.path.insert(0, %r); import bench_models as b; "
         "b.peak_memory_child(%r, json.loads(%r), %d, %d, %d, %d)"
@@ -293,11 +319,17 @@ def print_table(results: dict) -> None:
         for name, row in rows.items():
             ratio = f"{row['ratio_to_marian']:.2f}" if "ratio_to_marian" in row else ("1.00" if name == "marian" else "")
             print(f"{key:38s} {name:12s} {row['median']:10.1f} {row['min']:9.1f}-{row['max']:<9.1f} {ratio:>9s}")
-    for key, value in results.get("memory_mb", {}).items():
-        print(f"{'peak RSS, 2 training steps (MB)':38s} {key:12s} {value:10.0f}")
+    memory = results.get("memory_mb", {})
+    for key, value in memory.items():
+        ratio = f"{value['median'] / memory['marian']['median']:.2f}" if "marian" in memory else ""
+        print(f"{'peak RSS, 2 training steps (MB)':38s} {key:12s} {value['median']:10.0f} "
+              f"{value['min']:9.0f}-{value['max']:<9.0f} {ratio:>9s}")
     limit = results["machine"]
     print(f"\nGEMM peak {limit['gemm_2048_gflops']:.1f} GFLOP/s at 2048^3; at the model's shapes: "
           + ", ".join(f"{k} {v:.1f}" for k, v in limit["gemm_model_shapes_gflops"].items()))
+    for key, value in limit.get("decode_step_linear_floor_ms", {}).items():
+        print(f"One decoding step's linear layers alone, {key}: {value:.1f} ms "
+              f"(at most {int(key.split()[-1]) * 1e3 / value:.0f} new tokens/s for any fp32 model on torch's linear)")
     if "flop_check" in results:
         check = results["flop_check"]
         print(f"FLOPs per training step: analytic {check['analytic'] / 1e9:.1f} G, torch flop_counter "
@@ -388,6 +420,10 @@ def main() -> dict:
         results["flop_check"] = {
             "analytic": analytic_train_flops(sizes, vocab, batch, src, tgt),
             "flop_counter": counted_train_flops(sizes, vocab, batch, src, tgt),
+        }
+    if "generate" not in skip and device.type == "cpu":
+        results["machine"]["decode_step_linear_floor_ms"] = {
+            f"batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch) for batch in (1, 16)
         }
     if "generate" not in skip:
         int8 = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile

@@ -273,15 +273,56 @@ class VanillaTransformerFeedForward(nn.Module):
         self.fc1 = nn.Linear(config.d_model, config.d_ff)
         self.fc2 = nn.Linear(config.d_ff, config.d_model)
         self.activation = ACT2FN[config.activation_function]
+        self.relu = config.activation_function == "relu"
         self.activation_dropout = config.activation_dropout
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.activation(self.fc1(hidden_states))
+        hidden_states = self.fc1(hidden_states)  # (batch, length, d_ff)
+        # max(0, .) in place: fc1's backward needs its input, not its output, so one d_ff-wide buffer is saved.
+        hidden_states = hidden_states.relu_() if self.relu else self.activation(hidden_states)
         hidden_states = apply_dropout(hidden_states, self.activation_dropout, self.training)
         return self.fc2(hidden_states)
 
 
 # --- §3.1 Encoder and decoder layers ---
+
+
+class OutputSavingLayerNorm(torch.autograd.Function):
+    """LayerNorm that keeps its output for the backward pass instead of its input. The output is the next
+    sub-layer's input, kept for that layer's backward anyway, so each LayerNorm holds one (tokens x d_model)
+    tensor fewer. The normalised input is recovered as (y - beta) / gamma, which needs no |gamma| near zero."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        y, _, rstd = torch.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        ctx.save_for_backward(y, weight, bias, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        y, weight, bias, rstd = ctx.saved_tensors
+        x_hat = (y - bias).div_(weight)
+        # LayerNorm's own backward evaluated at x_hat (mean 0, 1/std 1) is the true one divided by rstd.
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
+            grad_y, x_hat, (y.shape[-1],), torch.zeros_like(rstd), torch.ones_like(rstd), weight, bias, [True, True, True]
+        )
+        return grad_x.mul_(rstd), grad_weight, grad_bias, None
+
+
+def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)`; in CPU training, through `OutputSavingLayerNorm` whenever every |gamma| is at least 1e-3 (on the
+    CPU that check costs no device sync)."""
+    if (
+        norm.training
+        and torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and norm.weight is not None
+        and norm.bias is not None
+        and not _is_compiling()
+        and bool((norm.weight.detach().abs() >= 1e-3).all())
+    ):
+        return OutputSavingLayerNorm.apply(x, norm.weight, norm.bias, norm.eps)
+    return norm(x)
 
 
 class VanillaTransformerSublayer(nn.Module):
@@ -297,9 +338,9 @@ class VanillaTransformerSublayer(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, ...]:
-        output, *extra = sublayer(self.norm(x) if self.pre_norm else x)
+        output, *extra = sublayer(layer_norm(self.norm, x) if self.pre_norm else x)
         x = x + apply_dropout(output, self.dropout, self.training)
-        return (x if self.pre_norm else self.norm(x), *extra)
+        return (x if self.pre_norm else layer_norm(self.norm, x), *extra)
 
 
 class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):

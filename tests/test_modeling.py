@@ -13,8 +13,10 @@ import torch
 
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
     ChunkedLinearCrossEntropy,
+    OutputSavingLayerNorm,
     VanillaTransformerAttention,
     apply_dropout,
+    layer_norm,
     VanillaTransformerEncoderLayer,
     scaled_dot_product_attention,
     sinusoid_table,
@@ -604,6 +606,56 @@ def test_learned_positions_refuse_sequences_longer_than_the_table(tiny_model, si
     too_long = dict(fits, **{"input_ids" if side == "source" else "decoder_input_ids": random_ids(1, 9)})
     with pytest.raises(ValueError, match=r"needs 9 positions.*max_position_embeddings=8.*sinusoidal"):
         model(**too_long)
+
+
+# --- Memory-saving pieces of the training path ---
+
+
+def test_output_saving_layer_norm_has_layer_norms_gradients():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = (torch.rand(6, generator=generator, dtype=torch.float64) + 0.5).requires_grad_()
+    bias = torch.randn(6, generator=generator, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(OutputSavingLayerNorm.apply, (x, weight, bias, 1e-5))
+    torch.testing.assert_close(
+        OutputSavingLayerNorm.apply(x, weight, bias, 1e-5), torch.nn.functional.layer_norm(x, (6,), weight, bias, 1e-5)
+    )
+
+
+def _saved_storages(fn) -> set:
+    saved = set()
+
+    def pack(tensor):
+        saved.add(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return saved, out
+
+
+def test_training_layer_norm_keeps_its_output_not_its_input():
+    norm = torch.nn.LayerNorm(6).train()
+    x = torch.randn(4, 6, requires_grad=True) * 3
+    saved, out = _saved_storages(lambda: layer_norm(norm, x))
+    assert out.untyped_storage().data_ptr() in saved
+    assert x.untyped_storage().data_ptr() not in saved
+    reference = torch.nn.functional.layer_norm(x, (6,), norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(out, reference)
+
+
+def test_layer_norm_with_a_gamma_near_zero_falls_back_to_the_plain_backward():
+    # (y - beta) / gamma cannot recover the input where gamma is 0: the plain LayerNorm must run instead.
+    norm = torch.nn.LayerNorm(6).train()
+    with torch.no_grad():
+        norm.weight[2] = 0.0
+    x = torch.randn(4, 6, requires_grad=True)
+    saved, out = _saved_storages(lambda: layer_norm(norm, x))
+    assert x.untyped_storage().data_ptr() in saved
+    grad = torch.randn(4, 6)
+    (got,) = torch.autograd.grad(out, x, grad)
+    (expected,) = torch.autograd.grad(torch.nn.functional.layer_norm(x, (6,), norm.weight, norm.bias, norm.eps), x, grad)
+    torch.testing.assert_close(got, expected)
 
 
 # --- Dropout (§5.4) ---
