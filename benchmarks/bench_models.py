@@ -205,8 +205,10 @@ def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> d
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for round_index in range(rounds):
+        # Odd rounds run the models in reverse order, so no model always follows the same neighbour.
+        order = list(fns.items()) if round_index % 2 == 0 else list(fns.items())[::-1]
+        for name, fn in order:
             times[name].append(timed(fn, device))
     return times
 
