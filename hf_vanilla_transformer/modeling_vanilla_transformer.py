@@ -741,7 +741,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             if label_smoothing:
                 # -mean_v log p_v = log Z - mean_v logit_v
                 nll = (1.0 - label_smoothing) * nll + label_smoothing * (log_z - logits.mean(dim=-1))
-            total += nll[keep].sum()
+            total += torch.where(keep, nll, 0.0).sum()
             if want_hidden or want_weight:
                 probs = logits.sub_(log_z.unsqueeze(1)).exp_()  # softmax, in place of the logits
                 if label_smoothing:
