@@ -235,7 +235,6 @@ def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, rounds: int = 7)
         return statistics.median(timed(step, torch.device("cpu")) for _ in range(rounds)) * 1e3
 
 
-
 def gemm_flops(m: int, k: int, n: int, device, dtype, repeats: int = 30) -> float:
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)

@@ -76,10 +76,10 @@ def _check_mask(mask: torch.Tensor | None, shape: tuple[int, int], name: str, wh
 
 
 def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """§5.4 dropout, as `F.dropout`. On the CPU, torch draws one 32-bit random number per element through its
-    Bernoulli sampler, which costs several times the layer it follows; here one 64-bit draw decides four
-    elements (16 bits each), so `p` is rounded to a multiple of 1/65536 and the kept values are scaled by
-    1 / (1 - that rounded p). Other devices, and torch.compile, use `F.dropout`."""
+    """§5.4 dropout, as `F.dropout`. On the CPU torch's per-element Bernoulli sampler costs several times the
+    layer it follows; here one 64-bit random draw decides four elements (16 bits each), so `p` is rounded to a
+    multiple of 1/65536 and the kept values are scaled by 1 / (1 - that rounded p). Other devices, and
+    torch.compile, use `F.dropout`."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0 or _is_compiling():
@@ -290,7 +290,7 @@ class VanillaTransformerFeedForward(nn.Module):
 class OutputSavingLayerNorm(torch.autograd.Function):
     """LayerNorm that keeps its output for the backward pass instead of its input. The output is the next
     sub-layer's input, kept for that layer's backward anyway, so each LayerNorm holds one (tokens x d_model)
-    tensor fewer. The normalised input is recovered as (y - beta) / gamma, which needs no |gamma| near zero."""
+    tensor fewer. The normalised input is recovered as (y - beta) / gamma, so no |gamma| may be near zero."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -316,8 +316,6 @@ def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         norm.training
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and norm.weight is not None
-        and norm.bias is not None
         and not _is_compiling()
         and bool((norm.weight.detach().abs() >= 1e-3).all())
     ):
@@ -727,7 +725,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         vocab = weight.shape[0]
         accumulate = torch.promote_types(hidden.dtype, torch.float32)  # half-precision logits are summed in float32
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None  # every block writes its rows
         grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight else None
         total = torch.zeros((), dtype=accumulate, device=hidden.device)
         for start in range(0, hidden.shape[0], block_rows):
@@ -866,7 +864,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(hidden_states.shape[:2])}.")
         if labels is not None and self.config.chunked_loss and self.training and torch.is_grad_enabled():
             labels = labels.reshape(-1).to(hidden_states.device)
-            # About 16 MB of float32 logits per block: it stays in cache, and no block is worth splitting further.
+            # Blocks of about 4M logits (16 MB in float32), and never under 64 rows.
             block_rows = max(64, (1 << 22) // self.lm_head.out_features)
             loss = ChunkedLinearCrossEntropy.apply(
                 hidden_states.reshape(-1, hidden_states.shape[-1]),
