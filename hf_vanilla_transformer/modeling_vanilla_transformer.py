@@ -277,11 +277,14 @@ class VanillaTransformerFeedForward(nn.Module):
         self.activation_dropout = config.activation_dropout
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.fc1(hidden_states)  # (batch, length, d_ff)
+        shape = hidden_states.shape
+        # Positions flattened first: fc1's output is then a tensor of its own rather than a view of a 2-D product,
+        # which the in-place ReLU would make autograd copy back and forth (four d_ff-wide copies) in backward.
+        hidden = self.fc1(hidden_states.reshape(-1, shape[-1]))  # (batch * length, d_ff)
         # max(0, .) in place: fc1's backward needs its input, not its output, so one d_ff-wide buffer is saved.
-        hidden_states = hidden_states.relu_() if self.relu else self.activation(hidden_states)
-        hidden_states = apply_dropout(hidden_states, self.activation_dropout, self.training)
-        return self.fc2(hidden_states)
+        hidden = hidden.relu_() if self.relu else self.activation(hidden)
+        output = self.fc2(apply_dropout(hidden, self.activation_dropout, self.training))
+        return output.view(*shape[:-1], output.shape[-1])
 
 
 # --- §3.1 Encoder and decoder layers ---

@@ -18,6 +18,7 @@ from hf_vanilla_transformer.modeling_vanilla_transformer import (
     apply_dropout,
     layer_norm,
     VanillaTransformerEncoderLayer,
+    VanillaTransformerFeedForward,
     scaled_dot_product_attention,
     sinusoid_table,
 )
@@ -656,6 +657,35 @@ def test_layer_norm_with_a_gamma_near_zero_falls_back_to_the_plain_backward():
     (got,) = torch.autograd.grad(out, x, grad)
     (expected,) = torch.autograd.grad(torch.nn.functional.layer_norm(x, (6,), norm.weight, norm.bias, norm.eps), x, grad)
     torch.testing.assert_close(got, expected)
+
+
+def _graph_nodes(tensor: torch.Tensor) -> list[str]:
+    names, stack, seen = [], [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_feed_forward_trains_without_view_copies_and_has_the_formulas_gradients(tiny_config):
+    # The in-place ReLU must act on a tensor of its own: on a view, autograd adds CopySlices and as_strided
+    # nodes that copy the whole d_ff-wide activation several times in backward.
+    feed_forward = VanillaTransformerFeedForward(tiny_config(dropout=0.0)).train().double()
+    x = torch.randn(3, 5, feed_forward.fc1.in_features, dtype=torch.float64, requires_grad=True)
+    out = feed_forward(x)
+    nodes = _graph_nodes(out)
+    assert not [name for name in nodes if "CopySlices" in name or "AsStrided" in name], nodes
+    w1, b1, w2, b2 = (feed_forward.fc1.weight, feed_forward.fc1.bias, feed_forward.fc2.weight, feed_forward.fc2.bias)
+    reference = torch.clamp(x @ w1.T + b1, min=0) @ w2.T + b2  # §3.3
+    torch.testing.assert_close(out, reference)
+    grad = torch.randn_like(out)
+    params = (x, w1, b1, w2, b2)
+    for got, expected in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(reference, params, grad)):
+        torch.testing.assert_close(got, expected)
 
 
 # --- Dropout (§5.4) ---
