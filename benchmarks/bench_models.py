@@ -216,11 +216,14 @@ def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> d
 # --- The machine's limit and the model's FLOPs ---
 
 
-def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, rounds: int = 7) -> float:
+def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, transposed: bool, rounds: int = 7) -> float:
     """Milliseconds for just the linear layers of one decoding step: every decoder projection whose input changes
     each step (self-attention Q, K, V, O; cross-attention Q, O; the two FFN layers) and the output layer, each with
-    its own weights so they stream from memory as in the model. No fp32 model built on torch's linear can decode a
-    step faster than this."""
+    its own weights so they stream from memory as in the model. `transposed=False` times `nn.Linear` (x W^T);
+    `transposed=True` times them as this package's `linear()` computes them ((W x^T)^T for 2 to 32 rows). No fp32
+    model that computes its products this way can decode a step faster."""
+    from hf_vanilla_transformer.modeling_vanilla_transformer import linear
+
     d, f, n = sizes["d_model"], sizes["d_ff"], sizes["layers"]
     shapes = n * ([(d, d)] * 6 + [(d, f), (f, d)]) + [(d, vocab)]
     layers = [nn.Linear(i, o) for i, o in shapes]
@@ -228,7 +231,7 @@ def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, rounds: int = 7)
 
     def step():
         for layer, x in zip(layers, inputs):
-            layer(x)
+            linear(layer, x) if transposed else layer(x)
 
     with torch.inference_mode():
         step()
@@ -330,7 +333,7 @@ def print_table(results: dict) -> None:
           + ", ".join(f"{k} {v:.1f}" for k, v in limit["gemm_model_shapes_gflops"].items()))
     for key, value in limit.get("decode_step_linear_floor_ms", {}).items():
         print(f"One decoding step's linear layers alone, {key}: {value:.1f} ms "
-              f"(at most {int(key.split()[-1]) * 1e3 / value:.0f} new tokens/s for any fp32 model on torch's linear)")
+              f"(at most {int(key.split()[-1]) * 1e3 / value:.0f} rows/s for any fp32 model computing them so)")
     if "flop_check" in results:
         check = results["flop_check"]
         print(f"FLOPs per training step: analytic {check['analytic'] / 1e9:.1f} G, torch flop_counter "
@@ -424,7 +427,9 @@ def main() -> dict:
         }
     if "generate" not in skip and device.type == "cpu":
         results["machine"]["decode_step_linear_floor_ms"] = {
-            f"batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch) for batch in (1, 16)
+            f"{how}, batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch, how == "(W x^T)^T")
+            for batch in (1, 4, 16)
+            for how in ("x W^T", "(W x^T)^T")
         }
     if "generate" not in skip:
         int8 = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile

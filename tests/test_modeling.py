@@ -17,6 +17,7 @@ from hf_vanilla_transformer.modeling_vanilla_transformer import (
     VanillaTransformerAttention,
     apply_dropout,
     layer_norm,
+    linear,
     VanillaTransformerEncoderLayer,
     VanillaTransformerFeedForward,
     scaled_dot_product_attention,
@@ -686,6 +687,63 @@ def test_feed_forward_trains_without_view_copies_and_has_the_formulas_gradients(
     params = (x, w1, b1, w2, b2)
     for got, expected in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(reference, params, grad)):
         torch.testing.assert_close(got, expected)
+
+
+# --- Few-row linear layers while decoding ---
+
+
+class _RecordProducts(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("leading", [(1,), (2,), (4, 1), (2, 16), (32,), (33,), (5, 7)])
+@pytest.mark.parametrize("in_features, out_features", [(256, 1024), (24, 40)])
+def test_linear_gives_the_layers_output_and_takes_w_x_transposed_for_2_to_32_rows(leading, bias, in_features, out_features):
+    layer = torch.nn.Linear(in_features, out_features, bias=bias)
+    x = torch.randn(*leading, in_features)
+    rows = x.numel() // in_features
+    reference_bias = None if layer.bias is None else layer.bias.double()
+    expected = torch.nn.functional.linear(x.double(), layer.weight.double(), reference_bias)
+    with torch.no_grad(), _RecordProducts() as recorded:
+        out = linear(layer, x)
+    assert out.shape == (*leading, out_features) and out.is_contiguous()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    # (W x^T) has one column per row, x W^T one row per row; weights under 2^18 elements keep x W^T.
+    transposed = 2 <= rows <= 32 and out_features * in_features >= 1 << 18
+    assert recorded.shapes == [(out_features, rows) if transposed else (rows, out_features)]
+
+
+def test_decoding_step_with_wide_layers_matches_the_plain_products(tiny_model):
+    # d_ff 1024 x d_model 256 weights take (W x^T)^T in a 4-row step under no_grad; with autograd on, x W^T.
+    model = tiny_model(d_model=256, d_ff=1024, num_heads=4, encoder_layers=1, decoder_layers=1)
+    inputs = dict(input_ids=random_ids(4, 6), decoder_input_ids=random_ids(4, 1, seed=1))
+    with torch.no_grad(), _RecordProducts() as recorded:
+        fast = model(**inputs).logits
+    assert (1024, 4) in recorded.shapes  # fc1 as W x^T: one column per row
+    plain = model(**inputs).logits
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_passes_gradients_and_calls_the_layers_hooks():
+    layer = torch.nn.Linear(8, 6)
+    x = torch.randn(4, 8, requires_grad=True)
+    out = linear(layer, x)  # autograd on: the layer's own forward
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 8))
+    calls = []
+    layer.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    with torch.no_grad():
+        linear(layer, torch.randn(4, 8))
+    assert calls == [torch.Size([4, 6])]
 
 
 # --- Dropout (§5.4) ---
