@@ -293,6 +293,41 @@ class VanillaTransformerAttention(nn.Module):
 # --- §3.3 Position-wise feed-forward network ---
 
 
+class ReluFeedForwardFunction(torch.autograd.Function):
+    """max(0, x W1^T + b1) W2^T + b2 over (tokens, d_model) rows, with its backward written out. It keeps x and
+    the ReLU's output, as autograd would, but masks the hidden gradient in place where autograd's ReLU backward
+    allocates a fresh d_ff-wide tensor (on the CPU, newly mapped memory that costs page faults on every step)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor):
+        hidden = torch.addmm(b1, x, w1.t()).relu_()
+        ctx.save_for_backward(x, hidden, w1, w2)
+        return torch.addmm(b2, hidden, w2.t())
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, hidden, w1, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        grad_w2 = grad_out.t().mm(hidden) if need_w2 else None
+        grad_b2 = grad_out.sum(0) if need_b2 else None
+        grad_hidden = grad_out.mm(w2)
+        torch.ops.aten.threshold_backward.grad_input(grad_hidden, hidden, 0, grad_input=grad_hidden)  # in place
+        grad_w1 = grad_hidden.t().mm(x) if need_w1 else None
+        grad_b1 = grad_hidden.sum(0) if need_b1 else None
+        grad_x = grad_hidden.mm(w1) if need_x else None
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def _bare_linear(layer: nn.Module) -> bool:
+    """An `nn.Linear` with a bias that nothing wraps or watches (no adapter such as LoRA, no hooks such as
+    DeepSpeed ZeRO-3's parameter gathering), so its product may be computed from its weight and bias directly."""
+    return (
+        type(layer) is nn.Linear
+        and layer.bias is not None
+        and not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks)
+    )
+
+
 class VanillaTransformerFeedForward(nn.Module):
     """§3.3: FFN(x) = max(0, x W1 + b1) W2 + b2, applied to each position alone."""
 
@@ -308,11 +343,29 @@ class VanillaTransformerFeedForward(nn.Module):
         shape = hidden_states.shape
         # Positions flattened first: fc1's output is then a tensor of its own rather than a view of a 2-D product,
         # which the in-place ReLU would make autograd copy back and forth (four d_ff-wide copies) in backward.
-        hidden = linear(self.fc1, hidden_states.reshape(-1, shape[-1]))  # (batch * length, d_ff)
+        rows = hidden_states.reshape(-1, shape[-1])  # (batch * length, d_model)
+        if self._train_fused(rows):
+            output = ReluFeedForwardFunction.apply(rows, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            return output.view(*shape[:-1], output.shape[-1])
+        hidden = linear(self.fc1, rows)  # (batch * length, d_ff)
         # max(0, .) in place: fc1's backward needs its input, not its output, so one d_ff-wide buffer is saved.
         hidden = hidden.relu_() if self.relu else self.activation(hidden)
         output = linear(self.fc2, apply_dropout(hidden, self.activation_dropout, self.training))
         return output.view(*shape[:-1], output.shape[-1])
+
+    def _train_fused(self, rows: torch.Tensor) -> bool:
+        """Whether to take `ReluFeedForwardFunction`: ReLU with no dropout inside the FFN, autograd on, bare linear
+        layers of the input's dtype, no autocast (its casts would not reach the written-out backward), no compile."""
+        return (
+            self.relu
+            and torch.is_grad_enabled()
+            and (self.activation_dropout == 0.0 or not self.training)
+            and _bare_linear(self.fc1)
+            and _bare_linear(self.fc2)
+            and rows.dtype == self.fc1.weight.dtype == self.fc2.weight.dtype
+            and not torch.is_autocast_enabled(rows.device.type)
+            and not _is_compiling()
+        )
 
 
 # --- §3.1 Encoder and decoder layers ---

@@ -14,6 +14,7 @@ import torch
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
     ChunkedLinearCrossEntropy,
     OutputSavingLayerNorm,
+    ReluFeedForwardFunction,
     VanillaTransformerAttention,
     apply_dropout,
     layer_norm,
@@ -672,21 +673,47 @@ def _graph_nodes(tensor: torch.Tensor) -> list[str]:
     return names
 
 
-def test_feed_forward_trains_without_view_copies_and_has_the_formulas_gradients(tiny_config):
-    # The in-place ReLU must act on a tensor of its own: on a view, autograd adds CopySlices and as_strided
-    # nodes that copy the whole d_ff-wide activation several times in backward.
-    feed_forward = VanillaTransformerFeedForward(tiny_config(dropout=0.0)).train().double()
+def _feed_forward_and_reference(tiny_config, **overrides):
+    feed_forward = VanillaTransformerFeedForward(tiny_config(dropout=0.0, **overrides)).train().double()
     x = torch.randn(3, 5, feed_forward.fc1.in_features, dtype=torch.float64, requires_grad=True)
-    out = feed_forward(x)
-    nodes = _graph_nodes(out)
-    assert not [name for name in nodes if "CopySlices" in name or "AsStrided" in name], nodes
     w1, b1, w2, b2 = (feed_forward.fc1.weight, feed_forward.fc1.bias, feed_forward.fc2.weight, feed_forward.fc2.bias)
     reference = torch.clamp(x @ w1.T + b1, min=0) @ w2.T + b2  # §3.3
+    return feed_forward, x, reference, (x, w1, b1, w2, b2)
+
+
+def _assert_same_gradients(out, reference, params):
     torch.testing.assert_close(out, reference)
     grad = torch.randn_like(out)
-    params = (x, w1, b1, w2, b2)
     for got, expected in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(reference, params, grad)):
         torch.testing.assert_close(got, expected)
+
+
+def test_feed_forward_trains_through_its_written_out_backward_with_the_formulas_gradients(tiny_config):
+    feed_forward, x, reference, params = _feed_forward_and_reference(tiny_config)
+    out = feed_forward(x)
+    assert "ReluFeedForwardFunctionBackward" in _graph_nodes(out)
+    _assert_same_gradients(out, reference, params)
+    rows = x.detach().reshape(-1, x.shape[-1]).requires_grad_()
+    torch.autograd.gradcheck(ReluFeedForwardFunction.apply, (rows, *params[1:]))
+
+
+@pytest.mark.parametrize("case", ["hook", "activation_dropout", "gelu"])
+def test_feed_forward_falls_back_to_plain_layers_without_view_copies(tiny_config, case):
+    # A hook on fc1 (DeepSpeed ZeRO-3 gathers parameters in one), dropout inside the FFN or another activation
+    # need the plain layers. Their in-place ReLU must then act on a tensor of its own: on a view, autograd adds
+    # CopySlices and as_strided steps that copy the whole d_ff-wide activation several times in backward.
+    overrides = {"activation_dropout": dict(activation_dropout=0.1), "gelu": dict(activation_function="gelu")}.get(case, {})
+    feed_forward, x, reference, params = _feed_forward_and_reference(tiny_config, **overrides)
+    calls = []
+    if case == "hook":
+        feed_forward.fc1.register_forward_pre_hook(lambda module, args: calls.append(module))
+    out = feed_forward(x)
+    nodes = _graph_nodes(out)
+    assert "ReluFeedForwardFunctionBackward" not in nodes
+    assert not [name for name in nodes if "CopySlices" in name or "AsStrided" in name], nodes
+    assert len(calls) == (case == "hook")
+    if case == "hook":
+        _assert_same_gradients(out, reference, params)
 
 
 # --- Few-row linear layers while decoding ---
