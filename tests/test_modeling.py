@@ -761,16 +761,17 @@ def test_decoding_step_with_wide_layers_matches_the_plain_products(tiny_model):
 
 
 def test_linear_passes_gradients_and_calls_the_layers_hooks():
-    layer = torch.nn.Linear(8, 6)
-    x = torch.randn(4, 8, requires_grad=True)
+    # A weight of 2^18 elements and 4 rows: without the hook, no_grad would take (W x^T)^T and skip the hook.
+    layer = torch.nn.Linear(256, 1024)
+    x = torch.randn(4, 256, requires_grad=True)
     out = linear(layer, x)  # autograd on: the layer's own forward
     out.sum().backward()
-    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 8))
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 256))
     calls = []
     layer.register_forward_hook(lambda module, args, output: calls.append(output.shape))
     with torch.no_grad():
-        linear(layer, torch.randn(4, 8))
-    assert calls == [torch.Size([4, 6])]
+        linear(layer, torch.randn(4, 256))
+    assert calls == [torch.Size([4, 1024])]
 
 
 # --- Dropout (§5.4) ---
