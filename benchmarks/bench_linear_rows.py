@@ -1,30 +1,36 @@
-"""Why the model computes few-row linear layers as (W x^T)^T on the CPU.
+"""Why the model computes few-row linear layers its own way on the CPU.
 
     python benchmarks/bench_linear_rows.py              # the base model's decoder shapes, fp32
     python benchmarks/bench_linear_rows.py --rounds 9   # more rounds where the machine is noisy
 
 A decoding step multiplies a handful of rows (the batch, or the beams) by every weight matrix. For so few rows
-`x @ W.T` (what `nn.Linear` computes) and `(W @ x.T).T` are the same products, but MKL streams W at different
-speeds in the two orientations. For each row count and weight shape this prints milliseconds per product in both
-orientations (median over rounds, the two interleaved) and their ratio; `linear()` in the model takes the second
-form for 2 to 32 rows.
+these give the same products, but MKL streams W at different speeds:
+- x W^T, what `nn.Linear` computes;
+- (W x^T)^T, the transposed orientation;
+- row blocks: W split by output rows into one block per thread, the blocks' products run as one batched
+  product (for one row; MKL's matrix-vector product keeps to one core).
+For each row count and weight shape this prints the milliseconds of x W^T per product (median over rounds, the
+three interleaved) and the speed-up of the other two over it; `linear()` in the model takes row blocks for 1 row
+and (W x^T)^T for 2 to 32.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
 
-def product_times(rows: int, out_features: int, in_features: int, rounds: int, copies: int = 16) -> tuple[float, float]:
+def product_times(rows: int, out_features: int, in_features: int, rounds: int, copies: int = 16) -> list[float]:
     # Several weights of the same shape, used in turn, so that each product reads its weight from memory as the
     # model's layers do, not from a warm cache.
     weights = [torch.randn(out_features, in_features) for _ in range(copies)]
     biases = [torch.randn(out_features) for _ in range(copies)]
     x = torch.randn(rows, in_features)
+    blocks = math.gcd(out_features, torch.get_num_threads())
 
     def plain():
         for weight, bias in zip(weights, biases):
@@ -34,14 +40,22 @@ def product_times(rows: int, out_features: int, in_features: int, rounds: int, c
         for weight, bias in zip(weights, biases):
             torch.addmm(bias.unsqueeze(1), weight, x.t()).t().contiguous()
 
-    times = {plain: [], transposed: []}
+    def row_blocks():
+        columns = x.t().expand(blocks, in_features, rows)
+        for weight, bias in zip(weights, biases):
+            size = out_features // blocks
+            out = torch.baddbmm(bias.view(blocks, size, 1), weight.view(blocks, size, in_features), columns)
+            out.view(out_features, rows).t().contiguous()
+
+    fns = (plain, transposed, row_blocks)
+    times = {fn: [] for fn in fns}
     for round_index in range(rounds + 1):
-        for fn in (plain, transposed) if round_index % 2 else (transposed, plain):
+        for fn in fns if round_index % 2 else fns[::-1]:
             start = time.perf_counter()
             fn()
             if round_index:  # round 0 warms up
                 times[fn].append((time.perf_counter() - start) / copies * 1e3)
-    return statistics.median(times[plain]), statistics.median(times[transposed])
+    return [statistics.median(times[fn]) for fn in fns]
 
 
 def main() -> None:
@@ -55,15 +69,17 @@ def main() -> None:
     torch.manual_seed(0)
     d, f = args.d_model, args.d_ff
     shapes = [(d, d), (f, d), (d, f), (args.vocab, d)]  # (out, in): attention, FFN in, FFN out, output layer
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32; ms per product, x W^T -> (W x^T)^T")
-    header = "rows  " + "".join(f"{f'{o}x{i}':>26}" for o, i in shapes)
-    print(header)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32. Each cell: ms per product as x W^T, "
+        "then the speed-up of (W x^T)^T and of row blocks over it"
+    )
+    print("rows  " + "".join(f"{f'{o}x{i}':>26}" for o, i in shapes))
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):
             cells = []
             for out_features, in_features in shapes:
-                plain, transposed = product_times(rows, out_features, in_features, args.rounds)
-                cells.append(f"{plain:7.3f} -> {transposed:6.3f} ({plain / transposed:4.2f}x)")
+                plain, transposed, blocked = product_times(rows, out_features, in_features, args.rounds)
+                cells.append(f"{plain:7.3f}  {plain / transposed:4.2f}x {plain / blocked:4.2f}x")
             print(f"{rows:<6}" + "".join(f"{cell:>26}" for cell in cells))
 
 

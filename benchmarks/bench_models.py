@@ -216,12 +216,12 @@ def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> d
 # --- The machine's limit and the model's FLOPs ---
 
 
-def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, transposed: bool, rounds: int = 7) -> float:
+def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, own_way: bool, rounds: int = 7) -> float:
     """Milliseconds for just the linear layers of one decoding step: every decoder projection whose input changes
     each step (self-attention Q, K, V, O; cross-attention Q, O; the two FFN layers) and the output layer, each with
-    its own weights so they stream from memory as in the model. `transposed=False` times `nn.Linear` (x W^T);
-    `transposed=True` times them as this package's `linear()` computes them ((W x^T)^T for 2 to 32 rows). No fp32
-    model that computes its products this way can decode a step faster."""
+    its own weights so they stream from memory as in the model. `own_way=False` times `nn.Linear` (x W^T), as
+    Marian computes them; `own_way=True` times this package's `linear()` (row blocks for 1 row, (W x^T)^T for 2 to
+    32). No fp32 model that computes its products that way can decode a step faster."""
     from hf_vanilla_transformer.modeling_vanilla_transformer import linear
 
     d, f, n = sizes["d_model"], sizes["d_ff"], sizes["layers"]
@@ -231,7 +231,7 @@ def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, transposed: bool
 
     def step():
         for layer, x in zip(layers, inputs):
-            linear(layer, x) if transposed else layer(x)
+            linear(layer, x) if own_way else layer(x)
 
     with torch.inference_mode():
         step()
@@ -427,9 +427,9 @@ def main() -> dict:
         }
     if "generate" not in skip and device.type == "cpu":
         results["machine"]["decode_step_linear_floor_ms"] = {
-            f"{how}, batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch, how == "(W x^T)^T")
+            f"{how}, batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch, how == "linear()")
             for batch in (1, 4, 16)
-            for how in ("x W^T", "(W x^T)^T")
+            for how in ("nn.Linear", "linear()")
         }
     if "generate" not in skip:
         int8 = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile

@@ -97,14 +97,20 @@ def _bare_linear(layer: nn.Module) -> bool:
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`. For 2 to 32 rows in float32 on the CPU without autograd (a decoding step of a small batch or
-    beam), a plain `nn.Linear` whose weight has 2^18 elements (1 MB) or more is computed as (W x^T)^T: MKL streams
-    such a W 1.6-3.5x faster in that orientation than in x W^T at 2-4 rows, and about as fast or faster at 8-32;
-    smaller weights sit in cache, where the extra transpose costs more than it saves
-    (`python benchmarks/bench_linear_rows.py`). The products are the same; only the order of summation may differ."""
+    """`layer(x)`, with two ways of streaming a large weight faster when a decoding step has few rows.
+
+    They apply to a plain `nn.Linear` whose weight has 2^18 elements (1 MB) or more, in float32 on the CPU without
+    autograd; smaller weights sit in cache, where the extra steps cost more than they save.
+    - 1 row (greedy search at batch 1): MKL's matrix-vector product keeps to one core, so with T threads W is split
+      by output rows into T blocks and the blocks' products run as one batched product, a block per thread
+      (1.5-2x on 2 threads for most of the base model's shapes).
+    - 2 to 32 rows (a small batch or beam): (W x^T)^T, which MKL streams 1.6-3.5x faster than x W^T at 2-4 rows
+      and about as fast or faster at 8-32.
+    `python benchmarks/bench_linear_rows.py` prints both. The products are the same; only the order of summation
+    may differ."""
     rows = x.numel() // x.shape[-1] if x.dim() else 0
     if (
-        not 2 <= rows <= 32
+        not 1 <= rows <= 32
         or not _bare_linear(layer)
         or layer.weight.numel() < 1 << 18
         or x.device.type != "cpu"
@@ -114,12 +120,24 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         or _is_compiling()
     ):
         return layer(x)
-    columns = x.reshape(rows, x.shape[-1]).t()
-    if layer.bias is None:
-        out = torch.mm(layer.weight, columns)
-    else:
-        out = torch.addmm(layer.bias.unsqueeze(1), layer.weight, columns)
-    return out.t().contiguous().view(*x.shape[:-1], out.shape[0])
+    weight, bias = layer.weight, layer.bias
+    out_features, in_features = weight.shape
+    if rows == 1:
+        blocks = math.gcd(out_features, torch.get_num_threads())
+        if blocks == 1:
+            return layer(x)
+        # x as a column with stride in_features, shared by all blocks: with the unit stride of a contiguous
+        # column, bmm runs about 3x slower.
+        column = x.reshape(1, in_features).t().expand(blocks, in_features, 1)
+        weight = weight.view(blocks, out_features // blocks, in_features)
+        if bias is None:
+            out = torch.bmm(weight, column)
+        else:
+            out = torch.baddbmm(bias.view(blocks, out_features // blocks, 1), weight, column)
+        return out.view(*x.shape[:-1], out_features)
+    columns = x.reshape(rows, in_features).t()
+    out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)
+    return out.t().contiguous().view(*x.shape[:-1], out_features)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:

@@ -720,21 +720,48 @@ def test_feed_forward_falls_back_to_plain_layers_without_view_copies(tiny_config
 
 
 class _RecordProducts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the output shape of every matrix product, to tell which way `linear()` computed a layer."""
+
+    PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default)
+
     def __init__(self):
         super().__init__()
         self.shapes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+        if func in self.PRODUCTS:
             self.shapes.append(tuple(out.shape))
         return out
 
 
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for one test, and restores it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _expected_product_shape(rows: int, out_features: int, in_features: int, num_threads: int) -> tuple:
+    if out_features * in_features < 1 << 18 or rows > 32:
+        return (rows, out_features)  # x W^T, as nn.Linear
+    if rows > 1:
+        return (out_features, rows)  # W x^T: one column per row
+    blocks = math.gcd(out_features, num_threads)
+    return (blocks, out_features // blocks, 1) if blocks > 1 else (1, out_features)
+
+
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("leading", [(1,), (2,), (4, 1), (2, 16), (32,), (33,), (5, 7)])
-@pytest.mark.parametrize("in_features, out_features", [(256, 1024), (24, 40)])
-def test_linear_gives_the_layers_output_and_takes_w_x_transposed_for_2_to_32_rows(leading, bias, in_features, out_features):
+@pytest.mark.parametrize("leading", [(1,), (1, 1), (2,), (4, 1), (2, 16), (32,), (33,), (5, 7)])
+@pytest.mark.parametrize("in_features, out_features", [(256, 1024), (24, 40), (256, 1023)])
+@pytest.mark.parametrize("num_threads", [1, 2, 4])
+def test_linear_gives_the_layers_output_and_streams_large_weights_its_own_way(
+    leading, bias, in_features, out_features, num_threads, threads
+):
+    # 1 row: W in row blocks, one per thread (a 1023-row W has no block count that divides it for 2 or 4 threads);
+    # 2-32 rows: W x^T; weights under 2^18 elements and more rows: x W^T.
+    threads(num_threads)
     layer = torch.nn.Linear(in_features, out_features, bias=bias)
     x = torch.randn(*leading, in_features)
     rows = x.numel() // in_features
@@ -744,18 +771,19 @@ def test_linear_gives_the_layers_output_and_takes_w_x_transposed_for_2_to_32_row
         out = linear(layer, x)
     assert out.shape == (*leading, out_features) and out.is_contiguous()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
-    # (W x^T) has one column per row, x W^T one row per row; weights under 2^18 elements keep x W^T.
-    transposed = 2 <= rows <= 32 and out_features * in_features >= 1 << 18
-    assert recorded.shapes == [(out_features, rows) if transposed else (rows, out_features)]
+    assert recorded.shapes == [_expected_product_shape(rows, out_features, in_features, num_threads)]
 
 
-def test_decoding_step_with_wide_layers_matches_the_plain_products(tiny_model):
-    # d_ff 1024 x d_model 256 weights take (W x^T)^T in a 4-row step under no_grad; with autograd on, x W^T.
+@pytest.mark.parametrize("batch", [1, 4])
+def test_decoding_step_with_wide_layers_matches_the_plain_products(tiny_model, batch, threads):
+    # d_ff 1024 x d_model 256 weights take their own way in a 1- or 4-row step under no_grad; with autograd on,
+    # nn.Linear's x W^T.
+    threads(2)
     model = tiny_model(d_model=256, d_ff=1024, num_heads=4, encoder_layers=1, decoder_layers=1)
-    inputs = dict(input_ids=random_ids(4, 6), decoder_input_ids=random_ids(4, 1, seed=1))
+    inputs = dict(input_ids=random_ids(batch, 6), decoder_input_ids=random_ids(batch, 1, seed=1))
     with torch.no_grad(), _RecordProducts() as recorded:
         fast = model(**inputs).logits
-    assert (1024, 4) in recorded.shapes  # fc1 as W x^T: one column per row
+    assert _expected_product_shape(batch, 1024, 256, 2) in recorded.shapes  # fc1
     plain = model(**inputs).logits
     torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
 
