@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_hooks
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
@@ -91,9 +92,20 @@ def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 def _bare_linear(layer: nn.Module) -> bool:
-    """An `nn.Linear` that nothing wraps or watches (no adapter such as LoRA, no hooks such as DeepSpeed ZeRO-3's
-    parameter gathering), so its product may be computed from its weight and bias directly."""
-    return type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks)
+    """An `nn.Linear` that nothing wraps or watches, so its product may be computed from its weight and bias directly:
+    no adapter such as LoRA, no module hooks (DeepSpeed ZeRO-3 gathers parameters in one), no global module hooks,
+    and no replaced `forward` (accelerate's offloading hooks move the weights in there)."""
+    return (
+        type(layer) is nn.Linear
+        and not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks)
+        and "forward" not in layer.__dict__
+        and not (
+            _module_hooks._global_forward_hooks
+            or _module_hooks._global_forward_pre_hooks
+            or _module_hooks._global_backward_hooks
+            or _module_hooks._global_backward_pre_hooks
+        )
+    )
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -108,24 +120,25 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
       and about as fast or faster at 8-32.
     `python benchmarks/bench_linear_rows.py` prints both. The products are the same; only the order of summation
     may differ."""
+    if not _bare_linear(layer):
+        return layer(x)
+    weight, bias = layer.weight, layer.bias
     rows = x.numel() // x.shape[-1] if x.dim() else 0
     if (
         not 1 <= rows <= 32
-        or not _bare_linear(layer)
-        or layer.weight.numel() < 1 << 18
+        or weight.numel() < 1 << 18
         or x.device.type != "cpu"
         or x.dtype != torch.float32
+        or weight.dtype != torch.float32
         or torch.is_grad_enabled()
-        or layer.weight.dtype != torch.float32
         or _is_compiling()
     ):
-        return layer(x)
-    weight, bias = layer.weight, layer.bias
+        return F.linear(x, weight, bias)  # what nn.Linear.forward computes, without a module call per layer
     out_features, in_features = weight.shape
     if rows == 1:
         blocks = math.gcd(out_features, torch.get_num_threads())
         if blocks == 1:
-            return layer(x)
+            return F.linear(x, weight, bias)
         # x as a column with stride in_features, shared by all blocks: with the unit stride of a contiguous
         # column, bmm runs about 3x slower.
         column = x.reshape(1, in_features).t().expand(blocks, in_features, 1)

@@ -788,18 +788,42 @@ def test_decoding_step_with_wide_layers_matches_the_plain_products(tiny_model, b
     torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_linear_passes_gradients_and_calls_the_layers_hooks():
-    # A weight of 2^18 elements and 4 rows: without the hook, no_grad would take (W x^T)^T and skip the hook.
+def test_linear_passes_gradients():
     layer = torch.nn.Linear(256, 1024)
     x = torch.randn(4, 256, requires_grad=True)
-    out = linear(layer, x)  # autograd on: the layer's own forward
+    out = linear(layer, x)
     out.sum().backward()
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 256))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 64])
+@pytest.mark.parametrize("watcher", ["forward_hook", "forward_pre_hook", "global_forward_hook", "replaced_forward"])
+def test_linear_goes_through_the_layer_when_something_watches_it(rows, watcher, threads):
+    # Large enough for the row-block (1 row) and W x^T (4 rows) ways, and 64 rows for F.linear: each of them must
+    # give way to the layer's own call when a hook watches it or its forward was replaced (as accelerate's
+    # offloading does to move weights in).
+    threads(2)
+    layer = torch.nn.Linear(256, 1024)
     calls = []
-    layer.register_forward_hook(lambda module, args, output: calls.append(output.shape))
-    with torch.no_grad():
-        linear(layer, torch.randn(4, 256))
-    assert calls == [torch.Size([4, 1024])]
+    handle = None
+    if watcher == "forward_hook":
+        layer.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    elif watcher == "forward_pre_hook":
+        layer.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    elif watcher == "global_forward_hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output: calls.append(output.shape)
+        )
+    else:
+        plain_forward = layer.forward
+        layer.forward = lambda x: calls.append(x.shape) or plain_forward(x)
+    try:
+        with torch.no_grad():
+            linear(layer, torch.randn(rows, 256))
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert len(calls) == 1
 
 
 # --- Dropout (§5.4) ---

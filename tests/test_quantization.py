@@ -1,23 +1,50 @@
 """int8 inference: every linear layer quantised, outputs close to fp32, the fp32 model left alone."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
-from hf_vanilla_transformer.quantization import quantize_int8
+from hf_vanilla_transformer.quantization import Int8Linear, quantize_int8
 
 
 def _linear_types(model):
-    """The module paths of the classes of every linear layer (float or quantised)."""
-    return {type(m).__module__ for m in model.modules() if type(m).__name__ == "Linear"}
+    """The classes of every linear layer (float or quantised)."""
+    return {type(m) for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))}
 
 
 def test_every_linear_becomes_int8_and_the_original_stays_fp32(tiny_model):
     model = tiny_model(d_model=64, d_ff=128, num_heads=4)
     quantized = quantize_int8(model)
-    assert _linear_types(quantized) == {"torch.ao.nn.quantized.dynamic.modules.linear"}
-    assert _linear_types(model) == {"torch.nn.modules.linear"}  # a copy was quantised
+    assert _linear_types(quantized) == {Int8Linear}
+    assert _linear_types(model) == {nn.Linear}  # a copy was quantised
     assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_gives_torchs_dynamic_int8_layer_bit_for_bit(bias):
+    layer = nn.Linear(48, 40, bias=bias)
+    with warnings.catch_warnings():  # torch's deprecation notice for its eager-mode quantisation
+        warnings.simplefilter("ignore")
+        reference = torch.ao.quantization.quantize_dynamic(
+            nn.Sequential(layer), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )[0]
+    ours = quantize_int8(nn.Sequential(layer).eval())[0]
+    assert type(ours) is Int8Linear and (ours.in_features, ours.out_features) == (48, 40)
+    x = torch.randn(5, 3, 48)
+    assert torch.equal(ours(x), reference(x))
+    # and it is int8: not the fp32 product
+    assert not torch.allclose(ours(x), layer(x), rtol=0, atol=1e-6)
+
+
+def test_a_quantized_model_refuses_to_save_and_writes_nothing(tiny_model, tmp_path):
+    quantized = quantize_int8(tiny_model(d_model=32, d_ff=64, num_heads=4))
+    with pytest.raises(RuntimeError, match="Save the fp32 model instead"):
+        quantized.save_pretrained(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()
+    with pytest.raises(RuntimeError, match="q_proj is an int8 layer"):
+        quantized.state_dict()
 
 
 def test_int8_logits_stay_close_to_fp32(tiny_model):
