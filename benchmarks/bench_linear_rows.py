@@ -58,6 +58,18 @@ def product_times(rows: int, out_features: int, in_features: int, rounds: int, c
     return [statistics.median(times[fn]) for fn in fns]
 
 
+def read_bandwidth_gbs(megabytes: int = 256, rounds: int = 9) -> float:
+    """GB/s of summing a float32 tensor far larger than the caches: about what any product can stream W at."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * 4 / statistics.median(times) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="1,2,4,8,16,32,64", help="comma list of row counts")
@@ -73,6 +85,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32. Each cell: ms per product as x W^T, "
         "then the speed-up of (W x^T)^T and of row blocks over it"
     )
+    print(f"memory read bandwidth (torch.sum over 256 MB): {read_bandwidth_gbs():.1f} GB/s")
     print("rows  " + "".join(f"{f'{o}x{i}':>26}" for o, i in shapes))
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):
