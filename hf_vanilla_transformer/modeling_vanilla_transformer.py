@@ -115,8 +115,8 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     autograd; smaller weights sit in cache, where the extra steps cost more than they save.
     - 1 row (greedy search at batch 1): MKL's matrix-vector product keeps to one core, so with T threads W is split
       by output rows into T blocks and the blocks' products run as one batched product, a block per thread
-      (1.5-2x on 2 threads for most of the base model's shapes).
-    - 2 to 32 rows (a small batch or beam): (W x^T)^T, which MKL streams 1.6-3.5x faster than x W^T at 2-4 rows
+      (1.15-2.1x on 2 threads at the base model's shapes).
+    - 2 to 32 rows (a small batch or beam): (W x^T)^T, which MKL streams 1.5-4x faster than x W^T at 2-4 rows
       and about as fast or faster at 8-32.
     `python benchmarks/bench_linear_rows.py` prints both. The products are the same; only the order of summation
     may differ."""
