@@ -114,8 +114,9 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     They apply to a plain `nn.Linear` whose weight has 2^18 elements (1 MB) or more, in float32 on the CPU without
     autograd; smaller weights sit in cache, where the extra steps cost more than they save.
     - 1 row (greedy search at batch 1): MKL's matrix-vector product keeps to one core, so with T threads W is split
-      by output rows into T blocks and the blocks' products run as one batched product, a block per thread
-      (1.15-2.1x on 2 threads at the base model's shapes).
+      by output rows into T equal blocks and the blocks' products run as one batched product, a block per thread
+      (1.15-2.1x on 2 threads at the base model's shapes); the few rows left over, if T does not divide the
+      output size, get a product of their own.
     - 2 to 32 rows (a small batch or beam): (W x^T)^T, which MKL streams 1.5-4x faster than x W^T at 2-4 rows
       and about as fast or faster at 8-32.
     `python benchmarks/bench_linear_rows.py` prints both. The products are the same; only the order of summation
@@ -136,17 +137,22 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight, bias)  # what nn.Linear.forward computes, without a module call per layer
     out_features, in_features = weight.shape
     if rows == 1:
-        blocks = math.gcd(out_features, torch.get_num_threads())
-        if blocks == 1:
+        blocks = torch.get_num_threads()
+        size = out_features // blocks  # rows of W per block; the last out_features % blocks rows go on their own
+        if blocks == 1 or size == 0:
             return F.linear(x, weight, bias)
+        blocked = blocks * size
         # x as a column with stride in_features, shared by all blocks: with the unit stride of a contiguous
         # column, bmm runs about 3x slower.
         column = x.reshape(1, in_features).t().expand(blocks, in_features, 1)
-        weight = weight.view(blocks, out_features // blocks, in_features)
+        block_weights = weight[:blocked].view(blocks, size, in_features)
         if bias is None:
-            out = torch.bmm(weight, column)
+            out = torch.bmm(block_weights, column).view(1, blocked)
         else:
-            out = torch.baddbmm(bias.view(blocks, out_features // blocks, 1), weight, column)
+            out = torch.baddbmm(bias[:blocked].view(blocks, size, 1), block_weights, column).view(1, blocked)
+        if blocked < out_features:  # e.g. a vocabulary of 32001 on 2 threads
+            rest = F.linear(x.reshape(1, in_features), weight[blocked:], None if bias is None else bias[blocked:])
+            out = torch.cat([out, rest], dim=1)
         return out.view(*x.shape[:-1], out_features)
     columns = x.reshape(rows, in_features).t()
     out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)

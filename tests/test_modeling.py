@@ -743,23 +743,26 @@ def threads():
     torch.set_num_threads(before)
 
 
-def _expected_product_shape(rows: int, out_features: int, in_features: int, num_threads: int) -> tuple:
+def _expected_products(rows: int, out_features: int, in_features: int, num_threads: int) -> list[tuple]:
+    """The output shapes of the products `linear()` should compute."""
     if out_features * in_features < 1 << 18 or rows > 32:
-        return (rows, out_features)  # x W^T, as nn.Linear
+        return [(rows, out_features)]  # x W^T, as nn.Linear
     if rows > 1:
-        return (out_features, rows)  # W x^T: one column per row
-    blocks = math.gcd(out_features, num_threads)
-    return (blocks, out_features // blocks, 1) if blocks > 1 else (1, out_features)
+        return [(out_features, rows)]  # W x^T: one column per row
+    if num_threads == 1:
+        return [(1, out_features)]
+    size, rest = divmod(out_features, num_threads)
+    return [(num_threads, size, 1)] + ([(1, rest)] if rest else [])  # row blocks, then any rows left over
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("leading", [(1,), (1, 1), (2,), (4, 1), (2, 16), (32,), (33,), (5, 7)])
-@pytest.mark.parametrize("in_features, out_features", [(256, 1024), (24, 40), (256, 1023)])
-@pytest.mark.parametrize("num_threads", [1, 2, 4])
+@pytest.mark.parametrize("in_features, out_features", [(256, 1024), (24, 40), (256, 1025)])
+@pytest.mark.parametrize("num_threads", [1, 2, 3, 4])
 def test_linear_gives_the_layers_output_and_streams_large_weights_its_own_way(
     leading, bias, in_features, out_features, num_threads, threads
 ):
-    # 1 row: W in row blocks, one per thread (a 1023-row W has no block count that divides it for 2 or 4 threads);
+    # 1 row: W in row blocks, one per thread (a 1025-row W leaves 1 row over on 2 or 4 threads, 2 on 3);
     # 2-32 rows: W x^T; weights under 2^18 elements and more rows: x W^T.
     threads(num_threads)
     layer = torch.nn.Linear(in_features, out_features, bias=bias)
@@ -771,7 +774,7 @@ def test_linear_gives_the_layers_output_and_streams_large_weights_its_own_way(
         out = linear(layer, x)
     assert out.shape == (*leading, out_features) and out.is_contiguous()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
-    assert recorded.shapes == [_expected_product_shape(rows, out_features, in_features, num_threads)]
+    assert recorded.shapes == _expected_products(rows, out_features, in_features, num_threads)
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -783,7 +786,7 @@ def test_decoding_step_with_wide_layers_matches_the_plain_products(tiny_model, b
     inputs = dict(input_ids=random_ids(batch, 6), decoder_input_ids=random_ids(batch, 1, seed=1))
     with torch.no_grad(), _RecordProducts() as recorded:
         fast = model(**inputs).logits
-    assert _expected_product_shape(batch, 1024, 256, 2) in recorded.shapes  # fc1
+    assert _expected_products(batch, 1024, 256, 2)[0] in recorded.shapes  # fc1
     plain = model(**inputs).logits
     torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
 
