@@ -139,7 +139,7 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if rows == 1:
         blocks = torch.get_num_threads()
         size = out_features // blocks  # rows of W per block; the last out_features % blocks rows go on their own
-        if blocks == 1 or size == 0:
+        if blocks == 1 or size == 0 or not weight.is_contiguous():  # blocks of W stored row by row, as measured
             return F.linear(x, weight, bias)
         blocked = blocks * size
         # x as a column with stride in_features, shared by all blocks: with the unit stride of a contiguous

@@ -777,6 +777,20 @@ def test_linear_gives_the_layers_output_and_streams_large_weights_its_own_way(
     assert recorded.shapes == _expected_products(rows, out_features, in_features, num_threads)
 
 
+@pytest.mark.parametrize("rows", [1, 4])
+def test_linear_takes_a_weight_stored_transposed(rows, threads):
+    # A weight may be a transposed view (tied to a matrix stored the other way round); row blocks need W's rows
+    # contiguous, W x^T does not.
+    threads(2)
+    layer = torch.nn.Linear(256, 1024)
+    layer.weight = torch.nn.Parameter((torch.randn(256, 1024) * 0.05).t())
+    assert not layer.weight.is_contiguous()
+    x = torch.randn(rows, 256)
+    expected = x.double() @ layer.weight.double().t() + layer.bias.double()
+    with torch.no_grad():
+        torch.testing.assert_close(linear(layer, x).double(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_decoding_step_with_wide_layers_matches_the_plain_products(tiny_model, batch, threads):
     # d_ff 1024 x d_model 256 weights take their own way in a 1- or 4-row step under no_grad; with autograd on,
