@@ -108,6 +108,30 @@ def _bare_linear(layer: nn.Module) -> bool:
     )
 
 
+def row_block_product(
+    weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor, blocks: int
+) -> torch.Tensor:
+    """W columns + b, (out_features, n), with W split by output rows into `blocks` equal blocks whose products run as
+    one batched product, a block per thread; the out_features % blocks rows left over get a product of their own.
+    `columns` (in_features, n) should be a transposed view of x (stride in_features along its rows): with a
+    contiguous one, bmm runs about 3x slower."""
+    out_features, in_features = weight.shape
+    size = out_features // blocks
+    blocked = blocks * size
+    block_weights = weight[:blocked].view(blocks, size, in_features)
+    shared = columns.expand(blocks, *columns.shape)
+    if bias is None:
+        out = torch.bmm(block_weights, shared)
+    else:
+        out = torch.baddbmm(bias[:blocked].view(blocks, size, 1), block_weights, shared)
+    out = out.view(blocked, columns.shape[1])
+    if blocked < out_features:  # e.g. a vocabulary of 32001 on 2 threads
+        rest_weight = weight[blocked:]
+        rest = rest_weight @ columns if bias is None else torch.addmm(bias[blocked:, None], rest_weight, columns)
+        out = torch.cat([out, rest])
+    return out
+
+
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)`, with two ways of streaming a large weight faster when a decoding step has few rows.
 
@@ -138,22 +162,9 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out_features, in_features = weight.shape
     if rows == 1:
         blocks = torch.get_num_threads()
-        size = out_features // blocks  # rows of W per block; the last out_features % blocks rows go on their own
-        if blocks == 1 or size == 0 or not weight.is_contiguous():  # blocks of W stored row by row, as measured
+        if blocks == 1 or out_features < blocks or not weight.is_contiguous():  # blocks of W stored row by row
             return F.linear(x, weight, bias)
-        blocked = blocks * size
-        # x as a column with stride in_features, shared by all blocks: with the unit stride of a contiguous
-        # column, bmm runs about 3x slower.
-        column = x.reshape(1, in_features).t().expand(blocks, in_features, 1)
-        block_weights = weight[:blocked].view(blocks, size, in_features)
-        if bias is None:
-            out = torch.bmm(block_weights, column).view(1, blocked)
-        else:
-            out = torch.baddbmm(bias[:blocked].view(blocks, size, 1), block_weights, column).view(1, blocked)
-        if blocked < out_features:  # e.g. a vocabulary of 32001 on 2 threads
-            rest = F.linear(x.reshape(1, in_features), weight[blocked:], None if bias is None else bias[blocked:])
-            out = torch.cat([out, rest], dim=1)
-        return out.view(*x.shape[:-1], out_features)
+        return row_block_product(weight, bias, x.reshape(1, in_features).t(), blocks).view(*x.shape[:-1], out_features)
     columns = x.reshape(rows, in_features).t()
     out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)
     return out.t().contiguous().view(*x.shape[:-1], out_features)

@@ -752,7 +752,7 @@ def _expected_products(rows: int, out_features: int, in_features: int, num_threa
     if num_threads == 1:
         return [(1, out_features)]
     size, rest = divmod(out_features, num_threads)
-    return [(num_threads, size, 1)] + ([(1, rest)] if rest else [])  # row blocks, then any rows left over
+    return [(num_threads, size, 1)] + ([(rest, 1)] if rest else [])  # row blocks, then any rows left over
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -779,16 +779,18 @@ def test_linear_gives_the_layers_output_and_streams_large_weights_its_own_way(
 
 @pytest.mark.parametrize("rows", [1, 4])
 def test_linear_takes_a_weight_stored_transposed(rows, threads):
-    # A weight may be a transposed view (tied to a matrix stored the other way round); row blocks need W's rows
-    # contiguous, W x^T does not.
+    # A weight may be a transposed view (tied to a matrix stored the other way round). Row blocks were measured on
+    # weights stored row by row, so one row takes x W^T; 4 rows still take W x^T, which any layout suits.
     threads(2)
     layer = torch.nn.Linear(256, 1024)
     layer.weight = torch.nn.Parameter((torch.randn(256, 1024) * 0.05).t())
     assert not layer.weight.is_contiguous()
     x = torch.randn(rows, 256)
     expected = x.double() @ layer.weight.double().t() + layer.bias.double()
-    with torch.no_grad():
-        torch.testing.assert_close(linear(layer, x).double(), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), _RecordProducts() as recorded:
+        out = linear(layer, x)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert recorded.shapes == [(1, 1024) if rows == 1 else (1024, rows)]
 
 
 @pytest.mark.parametrize("batch", [1, 4])
