@@ -155,7 +155,18 @@ def train_step_fn(name: str, model, batch: dict, autocast_dtype) -> Callable[[],
     return step
 
 
-def generate_fn(name: str, model, batch: int, src_len: int, new_tokens: int, beams: int, vocab: int, device):
+def generate_fn(
+    name: str,
+    model,
+    batch: int,
+    src_len: int,
+    new_tokens: int,
+    beams: int,
+    vocab: int,
+    device,
+    static: bool = False,
+    autocast_dtype=None,
+):
     source = torch.randint(4, vocab, (batch, src_len), generator=torch.Generator().manual_seed(1)).to(device)
     model.eval()
     if name == "torch":
@@ -165,11 +176,12 @@ def generate_fn(name: str, model, batch: int, src_len: int, new_tokens: int, bea
         @torch.inference_mode()
         def greedy():
             # nn.Transformer keeps no cache: every step re-runs the decoder over the whole prefix.
-            memory = model.encode(source)
-            out = torch.ones(batch, 1, dtype=torch.long, device=device)
-            for _ in range(new_tokens):
-                next_token = model.decode(out, memory)[:, -1].argmax(-1, keepdim=True)
-                out = torch.cat([out, next_token], dim=1)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                memory = model.encode(source)
+                out = torch.ones(batch, 1, dtype=torch.long, device=device)
+                for _ in range(new_tokens):
+                    next_token = model.decode(out, memory)[:, -1].argmax(-1, keepdim=True)
+                    out = torch.cat([out, next_token], dim=1)
             return out
 
         return greedy
@@ -182,10 +194,13 @@ def generate_fn(name: str, model, batch: int, src_len: int, new_tokens: int, bea
         early_stopping=False,
         length_penalty=1.0,
     )
+    if static:  # on a GPU, generate() then compiles the decoding step itself
+        kwargs["cache_implementation"] = "static"
 
     @torch.inference_mode()
     def run():
-        return model.generate(input_ids=source, attention_mask=torch.ones_like(source), **kwargs)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return model.generate(input_ids=source, attention_mask=torch.ones_like(source), **kwargs)
 
     return run
 
@@ -247,6 +262,15 @@ def gemm_flops(m: int, k: int, n: int, device, dtype, repeats: int = 30) -> floa
     return 2 * m * k * n / best
 
 
+# Dense bf16 tensor-core peaks from NVIDIA's data sheets (half the "with sparsity" figures), in TFLOP/s. The first
+# name contained in torch.cuda.get_device_name() wins, so the PCIe H100 comes before the SXM one.
+SPEC_BF16_TFLOPS = {"H100 PCIe": 756.5, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def spec_peak_tflops(device_name: str) -> float | None:
+    return next((peak for name, peak in SPEC_BF16_TFLOPS.items() if name in device_name), None)
+
+
 def analytic_train_flops(sizes: dict, vocab: int, batch: int, src: int, tgt: int) -> float:
     """Matmul FLOPs of one training step (forward x 3 for forward + backward), counting attention scores."""
     d, f, n = sizes["d_model"], sizes["d_ff"], sizes["layers"]
@@ -302,6 +326,20 @@ def peak_memory_once(name: str, sizes: dict, vocab: int, batch: int, src: int, t
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
+def cuda_peak_memory(name: str, sizes: dict, vocab: int, data: dict, param_dtype, autocast_dtype) -> float:
+    """Peak allocated GPU memory (MB) of a model built and trained two steps in this process."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = build(name, sizes, vocab).to(device=data["input_ids"].device, dtype=param_dtype)
+    step = train_step_fn(name, model, data, autocast_dtype)
+    step()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    del model, step
+    return peak
+
+
 # --- Report ---
 
 
@@ -328,9 +366,18 @@ def print_table(results: dict) -> None:
         ratio = f"{value['median'] / memory['marian']['median']:.2f}" if "marian" in memory else ""
         print(f"{'peak RSS, 2 training steps (MB)':38s} {key:12s} {value['median']:10.0f} "
               f"{value['min']:9.0f}-{value['max']:<9.0f} {ratio:>9s}")
+    gpu_memory = results.get("gpu_memory_mb", {})
+    for key, value in gpu_memory.items():
+        ratio = f"{value / gpu_memory['marian']:.2f}" if "marian" in gpu_memory else ""
+        print(f"{'peak GPU memory, 2 training steps (MB)':38s} {key:12s} {value:10.0f} {'':19s} {ratio:>9s}")
+    for key, errors in results.get("errors", {}).items():
+        for name, error in errors.items():
+            print(f"{key:38s} {name:12s} failed: {error}")
     limit = results["machine"]
-    print(f"\nGEMM peak {limit['gemm_2048_gflops']:.1f} GFLOP/s at 2048^3; at the model's shapes: "
+    print(f"\nGEMM peak {limit['gemm_peak_gflops']:.1f} GFLOP/s at {limit['gemm_peak_size']}^3; at the model's shapes: "
           + ", ".join(f"{k} {v:.1f}" for k, v in limit["gemm_model_shapes_gflops"].items()))
+    if limit.get("spec_peak_tflops"):
+        print(f"Data-sheet bf16 peak of the card: {limit['spec_peak_tflops']:.1f} TFLOP/s")
     for key, value in limit.get("decode_step_linear_floor_ms", {}).items():
         print(f"One decoding step's linear layers alone, {key}: {value:.1f} ms "
               f"(at most {int(key.split()[-1]) * 1e3 / value:.0f} rows/s for any fp32 model computing them so)")
@@ -338,19 +385,42 @@ def print_table(results: dict) -> None:
         check = results["flop_check"]
         print(f"FLOPs per training step: analytic {check['analytic'] / 1e9:.1f} G, torch flop_counter "
               f"{check['flop_counter'] / 1e9:.1f} G")
-    for key, value in results.get("mfu", {}).items():
-        print(f"MFU {key}: " + ", ".join(f"{k} {v:.1%}" for k, v in value.items()))
+    for label, table in (("MFU", results.get("mfu", {})), ("MFU against the data sheet", results.get("mfu_spec", {}))):
+        for key, value in table.items():
+            print(f"{label} {key}: " + ", ".join(f"{k} {v:.1%}" for k, v in value.items()))
+
+
+def parse_shapes(text: str, vocab: int) -> list[tuple[int, int, int, int]]:
+    """"64x32x32,16x128x128:32000" -> [(batch, source length, target length, vocabulary), ...]."""
+    shapes = []
+    for item in filter(None, text.split(",")):
+        dims, _, item_vocab = item.partition(":")
+        try:
+            batch, src, tgt = (int(n) for n in dims.split("x"))
+            shapes.append((batch, src, tgt, int(item_vocab) if item_vocab else vocab))
+        except ValueError:
+            raise SystemExit(f"--train_shapes: {item!r} is not BATCHxSOURCExTARGET[:VOCAB], e.g. 64x32x32 or 64x32x32:32000")
+    return shapes
 
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "bf16-autocast", "fp16-autocast"), default="fp32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each model's forward.")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile each model's forward for training; decode with a static cache, which generate() compiles.",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--large_vocab", type=int, default=32000, help="Vocabulary of the extra training row.")
+    parser.add_argument(
+        "--train_shapes",
+        help="Training batches as BATCHxSOURCExTARGET[:VOCAB], comma-separated (default: 64x32x32, 16x128x128 and "
+        "64x32x32 with --large_vocab; on a GPU also 128x128x128, 32768 tokens a step).",
+    )
+    parser.add_argument("--peak_tflops", type=float, help="The card's bf16 peak for MFU (default: known cards' data sheets).")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--skip", default="", help="Comma list of parts to skip: train,generate,memory,flops")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes and shapes: checks the script runs.")
@@ -361,35 +431,54 @@ def main() -> dict:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False).")
     names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}.")
     skip = set(args.skip.split(","))
     sizes = {"d_model": 512, "d_ff": 2048, "heads": 8, "layers": 6}
     train_shapes = [(64, 32, 32, args.vocab), (16, 128, 128, args.vocab), (64, 32, 32, args.large_vocab)]
+    if device.type == "cuda":
+        train_shapes.append((128, 128, 128, args.vocab))
     gen_cases = [("greedy b1", 1, 1), ("greedy b16", 16, 1), ("beam4 b1", 1, 4)]
-    new_tokens, src_len = 64, 32
+    new_tokens, src_len, gemm_size = 64, 32, 2048
     if args.quick:
         sizes = {"d_model": 64, "d_ff": 128, "heads": 4, "layers": 2}
         train_shapes = [(8, 16, 16, 500), (4, 32, 32, 500)]
-        new_tokens, src_len = 8, 16
+        new_tokens, src_len, gemm_size = 8, 16, 256
         args.vocab = 500
+    if args.train_shapes:
+        train_shapes = parse_shapes(args.train_shapes, args.vocab)
     param_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     autocast = {"bf16-autocast": torch.bfloat16, "fp16-autocast": torch.float16}.get(args.dtype)
 
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = {
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "device": device_name,
             "dtype": args.dtype,
             "compile": args.compile,
             "torch": torch.__version__,
+            "spec_peak_tflops": args.peak_tflops or (spec_peak_tflops(device_name) if args.dtype != "fp32" else None),
         },
         "sizes": sizes,
         "throughput": {},
     }
+
+    def save() -> None:  # after every part, so a run cut short still leaves what it measured
+        if args.output:
+            os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+            with open(args.output, "w") as fh:
+                json.dump(results, fh, indent=2)
+
     gemm_dtype = torch.bfloat16 if args.dtype != "fp32" else torch.float32
-    results["machine"]["gemm_2048_gflops"] = gemm_flops(2048, 2048, 2048, device, gemm_dtype) / 1e9
+    results["machine"]["gemm_peak_size"] = gemm_size
+    results["machine"]["gemm_peak_gflops"] = gemm_flops(gemm_size, gemm_size, gemm_size, device, gemm_dtype) / 1e9
     d, f = sizes["d_model"], sizes["d_ff"]
     tokens = train_shapes[0][0] * train_shapes[0][1]
     results["machine"]["gemm_model_shapes_gflops"] = {
@@ -398,64 +487,91 @@ def main() -> dict:
         f"{tokens}x{f}x{d}": gemm_flops(tokens, f, d, device, gemm_dtype) / 1e9,
         f"{tokens}x{d}x{args.vocab}": gemm_flops(tokens, d, args.vocab, device, gemm_dtype) / 1e9,
     }
+    save()
 
-    def prepared(name, vocab):
+    def prepared(name, vocab, compile_forward):
         torch.manual_seed(0)
         model = build(name, sizes, vocab).to(device=device, dtype=param_dtype)
-        if args.compile:
+        if compile_forward:
             model.forward = torch.compile(model.forward)
         return model
 
+    def runnable(key: str, fns: dict) -> dict:
+        """The functions that run once without error; the others' errors go to the results, not up the stack."""
+        working = {}
+        for name, fn in fns.items():
+            try:
+                fn()
+                working[name] = fn
+            except Exception as error:  # one model's failure (say, a compile error) should not lose the others
+                results.setdefault("errors", {}).setdefault(key, {})[name] = f"{type(error).__name__}: {error}"
+        return working
+
     if "train" not in skip:
         results["mfu"] = {}
+        spec = results["machine"]["spec_peak_tflops"]
         for batch, src, tgt, vocab in train_shapes:
             key = f"train tokens/s {batch}x{src}x{tgt} V={vocab}"
             data = make_batch(batch, src, tgt, vocab, device)
-            fns = {n: train_step_fn(n, prepared(n, vocab), data, autocast) for n in names}
-            times = interleaved(fns, args.rounds, args.warmup, device)
+            fns = {n: train_step_fn(n, prepared(n, vocab, args.compile), data, autocast) for n in names}
+            times = interleaved(runnable(key, fns), args.rounds, args.warmup, device)
+            del fns
+            if not times:
+                continue
             results["throughput"][key] = summarize(times, batch * (src + tgt))
             flops = analytic_train_flops(sizes, vocab, batch, src, tgt)
-            peak = results["machine"]["gemm_2048_gflops"] * 1e9
-            results["mfu"][key] = {n: flops / statistics.median(times[n]) / peak for n in names}
+            step = {n: statistics.median(t) for n, t in times.items()}
+            results["mfu"][key] = {n: flops / s / (results["machine"]["gemm_peak_gflops"] * 1e9) for n, s in step.items()}
+            if spec:
+                results.setdefault("mfu_spec", {})[key] = {n: flops / s / (spec * 1e12) for n, s in step.items()}
             results.setdefault("train_flops_per_step", {})[key] = flops
-            del fns
+            save()
     if "flops" not in skip and device.type == "cpu":
         batch, src, tgt, vocab = train_shapes[0]
         results["flop_check"] = {
             "analytic": analytic_train_flops(sizes, vocab, batch, src, tgt),
             "flop_counter": counted_train_flops(sizes, vocab, batch, src, tgt),
         }
-    if "generate" not in skip and device.type == "cpu":
+        save()
+    if "generate" not in skip and device.type == "cpu" and args.dtype == "fp32":
         results["machine"]["decode_step_linear_floor_ms"] = {
             f"{how}, batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch, how == "linear()")
             for batch in (1, 4, 16)
             for how in ("nn.Linear", "linear()")
         }
+        save()
     if "generate" not in skip:
         int8 = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile
         for label, batch, beams in gen_cases:
             key = f"generate new tokens/s {label}"
             fns = {}
             for n in names:
-                fn = generate_fn(n, prepared(n, args.vocab), batch, src_len, new_tokens, beams, args.vocab, device)
+                model = prepared(n, args.vocab, compile_forward=False)
+                fn = generate_fn(
+                    n, model, batch, src_len, new_tokens, beams, args.vocab, device, args.compile, autocast
+                )
                 if fn is not None:
                     fns[n] = fn
             if int8:  # the opt-in reduced-precision path, against Marian in fp32
                 from hf_vanilla_transformer.quantization import quantize_int8
 
-                model = quantize_int8(prepared("vanilla", args.vocab).eval(), inplace=True)
+                model = quantize_int8(prepared("vanilla", args.vocab, False).eval(), inplace=True)
                 fns["vanilla-int8"] = generate_fn("vanilla", model, batch, src_len, new_tokens, beams, args.vocab, device)
-            times = interleaved(fns, args.rounds, args.warmup, device)
-            results["throughput"][key] = summarize(times, batch * new_tokens)
-    if "memory" not in skip and device.type == "cpu":
+            times = interleaved(runnable(key, fns), args.rounds, args.warmup, device)
+            if times:
+                results["throughput"][key] = summarize(times, batch * new_tokens)
+            save()
+    if "memory" not in skip:
         batch, src, tgt, vocab = train_shapes[0]
-        results["memory_mb"] = {n: peak_memory(n, sizes, vocab, batch, src, tgt) for n in names}
+        if device.type == "cpu":
+            results["memory_mb"] = {n: peak_memory(n, sizes, vocab, batch, src, tgt) for n in names}
+        elif device.type == "cuda":
+            data = make_batch(batch, src, tgt, vocab, device)
+            results["gpu_memory_mb"] = {n: cuda_peak_memory(n, sizes, vocab, data, param_dtype, autocast) for n in names}
+        save()
 
     print_table(results)
     if args.output:
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output, "w") as fh:
-            json.dump(results, fh, indent=2)
         print(f"\nWrote {args.output}")
     return results
 

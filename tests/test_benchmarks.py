@@ -1,0 +1,102 @@
+"""The benchmark scripts keep running: their figures are not checked here, only that every part of a run measures
+something for every model and writes it down."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_models  # noqa: E402
+
+
+def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_models.py"), "--quick", "--rounds", "1", "--warmup", "0", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16-autocast"])
+def test_quick_run_measures_every_model(tmp_path, dtype):
+    output = tmp_path / "results.json"
+    shapes = "4x8x8,2x16x16:300"
+    done = run_bench(
+        tmp_path, "--dtype", dtype, "--models", "vanilla,marian", "--train_shapes", shapes, "--skip", "memory,flops",
+        "--output", str(output),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert "errors" not in results
+    expected = {"train tokens/s 4x8x8 V=500", "train tokens/s 2x16x16 V=300"} | {
+        f"generate new tokens/s {case}" for case in ("greedy b1", "greedy b16", "beam4 b1")
+    }
+    assert set(results["throughput"]) == expected
+    int8 = {"vanilla-int8"} if dtype == "fp32" else set()
+    for key, rows in results["throughput"].items():
+        assert set(rows) == {"vanilla", "marian"} | (int8 if key.startswith("generate") else set()), key
+        for name, row in rows.items():
+            assert 0 < row["min"] <= row["median"] <= row["max"], (key, name)
+        assert rows["vanilla"]["ratio_to_marian"] > 0
+    for key in ("train tokens/s 4x8x8 V=500", "train tokens/s 2x16x16 V=300"):
+        assert set(results["mfu"][key]) == {"vanilla", "marian"}
+        assert results["train_flops_per_step"][key] > 0
+    assert results["machine"]["gemm_peak_size"] == 256
+    assert results["machine"]["dtype"] == dtype
+    assert "vanilla" in done.stdout and "x Marian" in done.stdout
+
+
+def test_a_failing_model_is_reported_and_the_others_still_measured(tmp_path, monkeypatch):
+    # One model that raises (a compile error on some GPU, say) must not cost the figures of the others.
+    results_path = tmp_path / "results.json"
+    original = bench_models.train_step_fn
+
+    def failing_for_marian(name, model, batch, autocast_dtype):
+        step = original(name, model, batch, autocast_dtype)
+        if name != "marian":
+            return step
+
+        def broken():
+            raise RuntimeError("planted failure")
+
+        return broken
+
+    monkeypatch.setattr(bench_models, "train_step_fn", failing_for_marian)
+    monkeypatch.setattr(
+        sys, "argv",
+        ["bench_models.py", "--quick", "--rounds", "1", "--warmup", "0", "--models", "vanilla,marian",
+         "--train_shapes", "2x8x8", "--skip", "generate,memory,flops", "--output", str(results_path)],
+    )
+    results = bench_models.main()
+    assert results["errors"] == {"train tokens/s 2x8x8 V=500": {"marian": "RuntimeError: planted failure"}}
+    assert set(results["throughput"]["train tokens/s 2x8x8 V=500"]) == {"vanilla"}
+    assert json.loads(results_path.read_text())["errors"] == results["errors"]
+
+
+def test_train_shapes_are_parsed_and_bad_ones_rejected(tmp_path):
+    assert bench_models.parse_shapes("64x32x32,16x128x128:32000", 8000) == [(64, 32, 32, 8000), (16, 128, 128, 32000)]
+    done = run_bench(tmp_path, "--train_shapes", "64x32", "--output", "")
+    assert done.returncode != 0
+    assert "--train_shapes: '64x32' is not BATCHxSOURCExTARGET[:VOCAB]" in done.stderr
+
+
+def test_unknown_model_is_rejected(tmp_path):
+    done = run_bench(tmp_path, "--models", "vanilla,bart", "--output", "")
+    assert done.returncode != 0
+    assert "--models: unknown ['bart']" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [("NVIDIA H100 PCIe", 756.5), ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H200", 989.4),
+     ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA GeForce RTX 4090", None)],
+)
+def test_data_sheet_peak_by_card_name(name, peak):
+    assert bench_models.spec_peak_tflops(name) == peak
