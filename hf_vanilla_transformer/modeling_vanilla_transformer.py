@@ -289,6 +289,7 @@ class VanillaTransformerAttention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, config.num_heads * config.d_k)
         self.v_proj = nn.Linear(config.d_model, config.num_heads * config.d_v)
         self.out_proj = nn.Linear(config.num_heads * config.d_v, config.d_model)
+        self.fused_sizes = (config.num_heads * config.d_k, config.num_heads * config.d_k, config.num_heads * config.d_v)
 
     def _heads(self, states: torch.Tensor, size: int) -> torch.Tensor:
         batch, length, _ = states.shape
@@ -303,7 +304,13 @@ class VanillaTransformerAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         is_cross = key_value_states is not None
-        query = self._heads(linear(self.q_proj, hidden_states), self.d_k)
+        # quantize_int8 gives each self-attention one int8 product for Q, K and V together (same numbers as three).
+        fused = None if is_cross else self._modules.get("fused_qkv")
+        if fused is not None:
+            q, k, v = fused(hidden_states).split(self.fused_sizes, dim=-1)
+            query = self._heads(q, self.d_k)
+        else:
+            query = self._heads(linear(self.q_proj, hidden_states), self.d_k)
 
         layer_cache = None
         if cache is not None:
@@ -317,9 +324,12 @@ class VanillaTransformerAttention(nn.Module):
             key = layer_cache.layers[self.layer_idx].keys
             value = layer_cache.layers[self.layer_idx].values
         else:
-            source = key_value_states if is_cross else hidden_states
-            key = self._heads(linear(self.k_proj, source), self.d_k)
-            value = self._heads(linear(self.v_proj, source), self.d_v)
+            if fused is not None:
+                key, value = self._heads(k, self.d_k), self._heads(v, self.d_v)
+            else:
+                source = key_value_states if is_cross else hidden_states
+                key = self._heads(linear(self.k_proj, source), self.d_k)
+                value = self._heads(linear(self.v_proj, source), self.d_v)
             if layer_cache is not None:
                 key, value = layer_cache.update(key, value, self.layer_idx)
                 if is_cross:

@@ -70,3 +70,45 @@ def test_training_mode_is_refused(tiny_model):
     model = tiny_model().train()
     with pytest.raises(ValueError, match="model.eval"):
         quantize_int8(model)
+
+
+def _without_fused(model):
+    """The same int8 model with each self-attention's stacked Q/K/V layer removed: three products again."""
+    for module in model.modules():
+        module._modules.pop("fused_qkv", None)
+    return model
+
+
+def test_self_attention_gets_one_int8_product_for_q_k_v(tiny_model):
+    quantized = quantize_int8(tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100))
+    fused = {name for name, m in quantized.named_modules() if name.endswith("fused_qkv")}
+    layers = quantized.config.encoder_layers, quantized.config.decoder_layers
+    assert fused == {f"model.encoder.layers.{i}.self_attn.fused_qkv" for i in range(layers[0])} | {
+        f"model.decoder.layers.{i}.self_attn.fused_qkv" for i in range(layers[1])
+    }  # not the encoder-decoder attention, whose keys and values come from another input
+    first = quantized.model.decoder.layers[0].self_attn
+    assert type(first.fused_qkv) is Int8Linear and first.fused_qkv.out_features == 3 * 64
+
+    calls = {"fused": 0, "q_proj": 0}
+    first.fused_qkv.register_forward_hook(lambda *_: calls.__setitem__("fused", calls["fused"] + 1))
+    first.q_proj.register_forward_hook(lambda *_: calls.__setitem__("q_proj", calls["q_proj"] + 1))
+    source = torch.randint(4, 100, (2, 7), generator=torch.Generator().manual_seed(4))
+    quantized.generate(input_ids=source, max_new_tokens=4, min_new_tokens=4, num_beams=1, do_sample=False)
+    assert calls == {"fused": 4, "q_proj": 0}  # one call a decoding step, the three layers left unused
+
+
+def test_fused_q_k_v_gives_the_three_int8_products_bit_for_bit(tiny_model):
+    # Rows are quantised one by one and the input once per call, so stacking W^Q, W^K and W^V changes nothing.
+    model = tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100)
+    fused = quantize_int8(model)
+    three = _without_fused(quantize_int8(model))
+    source = torch.randint(4, 100, (3, 9), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(4, 100, (3, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(fused(input_ids=source, labels=labels).logits, three(input_ids=source, labels=labels).logits)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    for beams in (1, 3):
+        a = fused.generate(input_ids=source, num_beams=beams, **kwargs)
+        b = three.generate(input_ids=source, num_beams=beams, **kwargs)
+        assert torch.equal(a.sequences, b.sequences)
+        assert all(torch.equal(x, y) for x, y in zip(a.scores, b.scores))
