@@ -289,7 +289,6 @@ class VanillaTransformerAttention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, config.num_heads * config.d_k)
         self.v_proj = nn.Linear(config.d_model, config.num_heads * config.d_v)
         self.out_proj = nn.Linear(config.num_heads * config.d_v, config.d_model)
-        self.fused_sizes = (config.num_heads * config.d_k, config.num_heads * config.d_k, config.num_heads * config.d_v)
 
     def _heads(self, states: torch.Tensor, size: int) -> torch.Tensor:
         batch, length, _ = states.shape
@@ -307,7 +306,8 @@ class VanillaTransformerAttention(nn.Module):
         # quantize_int8 gives each self-attention one int8 product for Q, K and V together (same numbers as three).
         fused = None if is_cross else self._modules.get("fused_qkv")
         if fused is not None:
-            q, k, v = fused(hidden_states).split(self.fused_sizes, dim=-1)
+            sizes = (self.num_heads * self.d_k, self.num_heads * self.d_k, self.num_heads * self.d_v)
+            q, k, v = fused(hidden_states).split(sizes, dim=-1)
             query = self._heads(q, self.d_k)
         else:
             query = self._heads(linear(self.q_proj, hidden_states), self.d_k)

@@ -97,9 +97,10 @@ def test_self_attention_gets_one_int8_product_for_q_k_v(tiny_model):
     assert calls == {"fused": 4, "q_proj": 0}  # one call a decoding step, the three layers left unused
 
 
-def test_fused_q_k_v_gives_the_three_int8_products_bit_for_bit(tiny_model):
+@pytest.mark.parametrize("head_sizes", [{}, {"d_k": 8, "d_v": 24}])  # Table 3 (A)-(B) rows vary d_k apart from d_v
+def test_fused_q_k_v_gives_the_three_int8_products_bit_for_bit(tiny_model, head_sizes):
     # Rows are quantised one by one and the input once per call, so stacking W^Q, W^K and W^V changes nothing.
-    model = tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100)
+    model = tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100, **head_sizes)
     fused = quantize_int8(model)
     three = _without_fused(quantize_int8(model))
     source = torch.randint(4, 100, (3, 9), generator=torch.Generator().manual_seed(1))
