@@ -13,7 +13,8 @@ import numpy as np
 import sacrebleu
 from accelerate.data_loader import DataLoaderShard
 from torch.utils.data import DataLoader
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, TrainerCallback
+from transformers.trainer_utils import SaveStrategy
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .batching import TokenBudgetBatchSampler
@@ -78,6 +79,21 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir)
 
 
+class NoUnscheduledFinalCheckpoint(TrainerCallback):
+    """The Trainer saves a checkpoint (weights, optimizer and scheduler state) at the last step even when
+    `save_steps` does not fall there; the finished model is saved beside it anyway. Keep to the schedule."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if (
+            state.global_step >= state.max_steps
+            and args.save_strategy == SaveStrategy.STEPS
+            and state.save_steps
+            and state.global_step % state.save_steps
+        ):
+            control.should_save = False
+        return control
+
+
 class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
     """`Seq2SeqTrainer` with the paper's batching and crash-safe checkpoints.
 
@@ -105,6 +121,8 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             )
         self.max_tokens_per_batch = max_tokens_per_batch
         self.length_columns = (source_length_column, target_length_column)
+        self.sentences_per_batch = None  # per device, on average over an epoch of token-budget batches
+        self.add_callback(NoUnscheduledFinalCheckpoint)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.max_tokens_per_batch is None:
@@ -125,6 +143,7 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             num_replicas=self.args.world_size,
             rank=self.args.process_index,
         )
+        self.sentences_per_batch = len(dataset) / max(1, len(sampler) * self.args.world_size)
         dataset = self._remove_unused_columns(dataset, description="training")
         # The sampler splits the batches across processes itself rather than under accelerate's BatchSamplerShard:
         # a resumed run wraps the loader's batch sampler once more (skip_first_batches), and set_epoch reaches
@@ -137,6 +156,13 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
         )
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.sentences_per_batch is not None and "train_samples_per_second" in logs:
+            # The Trainer counts per_device_train_batch_size sentences a batch; token-budget batches hold more.
+            per_step = self.sentences_per_batch * self.args.gradient_accumulation_steps * self.args.world_size
+            logs["train_samples_per_second"] = round(logs["train_steps_per_second"] * per_step, 3)
+        super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
         # The Trainer writes checkpoint-N file by file; a run killed in between would leave a folder that

@@ -18,7 +18,7 @@ from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import last_complete_checkpoint
-from train.train import load_recipe, main, parse_args, run
+from train.train import command_line_names, load_recipe, main, parse_args, resolve_schedule, run
 
 TINY_MODEL = "d_model=32,d_ff=64,num_heads=2,encoder_layers=1,decoder_layers=1"
 TINY = ["--tokenizer_vocab_size", "300", "--max_test_samples", "4", "--report_to", "none"]
@@ -160,6 +160,12 @@ def test_train_from_jsonl_files(pairs):
     assert "test_bleu" in results and "test_chrf" in results
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
     AutoModelForSeq2SeqLM.from_pretrained(output_dir)
+    # The paper recipe's save_steps (2500) never fell inside the 3 steps: no checkpoint beside the final model.
+    assert not list(output_dir.glob("checkpoint-*"))
+    # Token-budget batches: sentences a second are counted from the batches, not per_device_train_batch_size.
+    epochs = json.loads((output_dir / "trainer_state.json").read_text())["epoch"]  # the Trainer's count
+    seen = epochs * len(records["train"])
+    assert results["train_samples_per_second"] == pytest.approx(seen / results["train_runtime"], rel=0.02)
 
 
 def test_train_from_aligned_text_files(pairs):
@@ -244,6 +250,34 @@ def test_a_recipe_file_naming_no_base_builds_on_the_default_for_its_data(tmp_pat
     assert data_args.train_file == "x.jsonl" and training_args.warmup_steps == 4000  # paper underneath
 
 
+DATA = ["--train_file", "train.jsonl", "--source_lang", "fr", "--target_lang", "en"]
+
+
+def schedule(argv: list[str], d_model: int = 512):
+    _, _, recipe_args, training_args = parse_args(argv)
+    resolve_schedule(recipe_args, training_args, d_model, command_line_names(argv))
+    return training_args.learning_rate, training_args.warmup_steps
+
+
+def test_an_explicit_learning_rate_wins_over_the_paper_recipe(caplog):
+    with caplog.at_level(logging.INFO, logger="hf_vanilla_transformer.train"):
+        assert schedule([*DATA, "--learning_rate", "0.0015"]) == (0.0015, 4000)
+    assert "paper_learning_rate is not used" in caplog.text
+    assert schedule(DATA) == (pytest.approx(512**-0.5 * 4000**-0.5), 4000)
+    with pytest.raises(ValueError, match="pass one of them"):
+        schedule([*DATA, "--learning_rate", "0.0015", "--paper_learning_rate", "true"])
+
+
+def test_a_run_shorter_than_the_recipes_warm_up_warms_up_over_a_fifth_of_it(caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_vanilla_transformer.train"):
+        learning_rate, warmup = schedule([*DATA, "--max_steps", "1000"])
+    # The peak is still the one the recipe's own schedule reaches (at step 4000), now reached at step 200.
+    assert (learning_rate, warmup) == (pytest.approx(512**-0.5 * 4000**-0.5), 200)
+    assert "too short for the recipe's 4000 warm-up steps" in caplog.text
+    assert schedule([*DATA, "--max_steps", "1000", "--warmup_steps", "600"])[1] == 600  # asked for: kept
+    assert schedule([*DATA, "--max_steps", "50000"])[1] == 4000
+
+
 def test_paper_big_builds_on_paper():
     model_args, _, recipe_args, training_args = parse_args(["--recipe", "paper_big", "--train_file", "x.jsonl"])
     assert model_args.preset == "big" and training_args.max_steps == 300000  # its own values
@@ -280,8 +314,9 @@ def test_a_recipe_file_as_the_only_argument(tmp_path, suffix):
     results = run([str(recipe)])
     assert results["test_samples"] == 2
     args = torch.load(output_dir / "training_args.bin", weights_only=False)
-    warmup = load_recipe("builtin")["warmup_steps"]
-    assert (args.learning_rate, args.max_steps, args.warmup_steps) == (0.0123, 2, warmup)  # file, file, builtin
+    assert load_recipe("builtin")["warmup_steps"] == 100
+    # file, file, and the builtin recipe's 100 warm-up steps cut to one (a fifth of a 2-step run, at least 1)
+    assert (args.learning_rate, args.max_steps, args.warmup_steps) == (0.0123, 2, 1)
     assert AutoModelForSeq2SeqLM.from_pretrained(output_dir).config.d_model == 32
     # Options after the file override it.
     _, _, recipe_args, training_args = parse_args([str(recipe), "--max_steps", "5", "--output_dir=elsewhere"])

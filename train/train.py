@@ -314,6 +314,42 @@ def build_model(model_args: ModelArguments, training_args, tokenizer):
     return VanillaTransformerForConditionalGeneration(config)
 
 
+def command_line_names(argv: list[str] | None) -> set[str]:
+    """The option names (without dashes) written on the command line, e.g. {'learning_rate', 'max_steps'}."""
+    argv = sys.argv[1:] if argv is None else argv
+    return {item[2:].split("=", 1)[0] for item in argv if item.startswith("--")}
+
+
+def resolve_schedule(recipe_args: RecipeArguments, training_args, d_model: int, given: set[str]) -> None:
+    """The peak learning rate and the warm-up the run will use; what the command line asks for wins over a
+    recipe, and every value the recipe's own would not fit is said in the log."""
+    if recipe_args.paper_learning_rate and "learning_rate" in given:
+        if "paper_learning_rate" in given:
+            raise ValueError(
+                "--learning_rate and --paper_learning_rate both set the peak learning rate: pass one of them."
+            )
+        logger.info("--learning_rate %g given: the recipe's paper_learning_rate is not used.", training_args.learning_rate)
+        recipe_args.paper_learning_rate = False
+    warmup = training_args.warmup_steps
+    if (
+        "warmup_steps" not in given
+        and warmup >= 1  # a count of steps, not a ratio of the run
+        and training_args.max_steps > 0
+        and warmup > max(1, training_args.max_steps // 5)
+    ):
+        # A run shorter than its recipe's warm-up would end before the learning rate reaches its peak.
+        training_args.warmup_steps = max(1, training_args.max_steps // 5)
+        logger.warning(
+            "max_steps %d is too short for the recipe's %d warm-up steps: warming up over %d steps (a fifth of "
+            "the run) instead; pass --warmup_steps to choose.",
+            training_args.max_steps, warmup, training_args.warmup_steps,
+        )  # fmt: skip
+    if recipe_args.paper_learning_rate:
+        # The peak of the recipe's own schedule (§5.3), also when its warm-up was shortened above.
+        training_args.learning_rate = paper_learning_rate(d_model, max(1, int(warmup)))
+        logger.info("Learning rate peak %.3g (d_model^-0.5 * warmup^-0.5, §5.3).", training_args.learning_rate)
+
+
 def paper_generation_config(model, recipe_args: RecipeArguments) -> GenerationConfig:
     config = model.config
     if recipe_args.num_beams < 1:
@@ -378,9 +414,7 @@ def run(argv: list[str] | None = None) -> dict:
         tokenizer = build_tokenizer(model_args, raw["train"], source_lang, target_lang, data_args.streaming)
     model = build_model(model_args, training_args, tokenizer)
     training_args.label_smoothing_factor = 0.0  # the model applies config.label_smoothing itself
-    if recipe_args.paper_learning_rate:
-        training_args.learning_rate = paper_learning_rate(model.config.d_model, max(1, training_args.warmup_steps))
-        logger.info("Learning rate peak %.3g (d_model^-0.5 * warmup^-0.5, §5.3).", training_args.learning_rate)
+    resolve_schedule(recipe_args, training_args, model.config.d_model, command_line_names(argv))
     model.generation_config = paper_generation_config(model, recipe_args)
 
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
