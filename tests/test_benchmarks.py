@@ -100,3 +100,42 @@ def test_unknown_model_is_rejected(tmp_path):
 )
 def test_data_sheet_peak_by_card_name(name, peak):
     assert bench_models.spec_peak_tflops(name) == peak
+
+
+def write_corpus(folder: Path) -> Path:
+    words = "the a red blue cat dog sees reads book river old new".split()
+    for name, size in (("train", 40), ("test", 4)):
+        with open(folder / f"{name}.jsonl", "w") as file:
+            for i in range(size):
+                english = " ".join(words[(i * k) % len(words)] for k in (1, 3, 5, 7))
+                file.write(json.dumps({"translation": {"xx": english[::-1], "en": english}}) + "\n")
+    return folder
+
+
+def test_quality_benchmark_trains_and_scores_every_model(tmp_path):
+    output = tmp_path / "quality.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_quality.py"), "--corpus", str(write_corpus(tmp_path)),
+         "--source_lang", "xx", "--models", "vanilla", "marian", "vanilla:init_scheme=normal",
+         "--seeds", "1", "2", "--max_steps", "2", "--batch_size", "4", "--vocab_size", "120", "--log_every", "1",
+         "--max_new_tokens", "4", "--output", str(output)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(output.read_text())
+    runs = [(run["model"], run["seed"]) for run in report["runs"]]
+    assert runs == [(m, s) for s in (1, 2) for m in ("vanilla", "marian", "vanilla:init_scheme=normal")]
+    for run in report["runs"]:
+        assert set(run["loss"]) == {"1", "2"} and run["final_loss"] > 0  # JSON keys are strings
+        assert run["steps_per_second"] > 0 and 0 <= run["bleu"] <= 100
+        assert run["bleu_signature"].startswith("nrefs:1|")
+    assert "BLEU over seeds" in done.stdout
+
+
+def test_quality_benchmark_refuses_an_unknown_model_before_training(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_quality.py"), "--corpus", str(tmp_path), "--source_lang", "xx",
+         "--models", "vanilla", "bart"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "A model is 'vanilla' or 'marian'" in done.stderr
