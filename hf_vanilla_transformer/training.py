@@ -14,8 +14,7 @@ import sacrebleu
 from accelerate.data_loader import DataLoaderShard
 from torch.utils.data import DataLoader
 from transformers import Seq2SeqTrainer, TrainerCallback
-from transformers.trainer_utils import SaveStrategy
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, get_last_checkpoint, rotate_checkpoints
 
 from .batching import TokenBudgetBatchSampler
 
