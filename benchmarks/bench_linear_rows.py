@@ -1,4 +1,4 @@
-"""Why the model computes few-row linear layers its own way on the CPU.
+"""Why `optimize_for_cpu_inference` computes few-row linear layers its own way on the CPU.
 
     python benchmarks/bench_linear_rows.py              # the base model's decoder shapes, fp32
     python benchmarks/bench_linear_rows.py --rounds 9   # more rounds where the machine is noisy
@@ -10,7 +10,7 @@ these give the same products, but MKL streams W at different speeds:
 - row blocks: W split by output rows into one block per thread, the blocks' products run as one batched
   product (for one row; MKL's matrix-vector product keeps to one core).
 For each row count and weight shape this prints the milliseconds of x W^T per product (median over rounds, the
-three interleaved) and the speed-up of the other two over it; `linear()` in the model takes row blocks for 1 row
+three interleaved) and the speed-up of the other two over it; `RowBlockLinear` takes row blocks for 1 row
 and (W x^T)^T for 2 to 32.
 """
 
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from hf_vanilla_transformer.modeling_vanilla_transformer import row_block_product
+from hf_vanilla_transformer.cpu_inference import row_block_product
 
 
 def product_times(rows: int, out_features: int, in_features: int, rounds: int, copies: int = 16) -> list[float]:
@@ -40,7 +40,7 @@ def product_times(rows: int, out_features: int, in_features: int, rounds: int, c
         for weight, bias in zip(weights, biases):
             torch.addmm(bias.unsqueeze(1), weight, x.t()).t().contiguous()
 
-    def row_blocks():  # as the model computes one row, transposed back as it would need for more
+    def row_blocks():  # as RowBlockLinear computes one row, transposed back as it would need for more
         for weight, bias in zip(weights, biases):
             row_block_product(weight, bias, x.t(), torch.get_num_threads()).t().contiguous()
 

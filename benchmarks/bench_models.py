@@ -3,6 +3,11 @@
     python benchmarks/bench_models.py                      # CPU, fp32, the paper's base sizes
     python benchmarks/bench_models.py --quick              # small sizes, to check the script
     python benchmarks/bench_models.py --device cuda --dtype bf16 --compile   # on a GPU
+    python benchmarks/bench_models.py --baseline a9ffa01   # also the package as it was at a git commit
+
+On the CPU in fp32, decoding also times the opt-in paths: `vanilla-cpu` (optimize_for_cpu_inference) and
+`vanilla-int8` (quantize_int8). `--baseline REF` adds the package at git commit REF under the name `vanilla@REF`
+(and `vanilla@REF-int8`) to the same interleaved rounds, so a change is measured against the code before it.
 
 All models get identical sizes (d_model 512, 6+6 layers, 8 heads, d_ff 2048, ReLU, post-LN, one shared
 vocabulary). Each measurement runs round by round, the models interleaved within a round, so machine
@@ -13,6 +18,8 @@ Marian. Results also go to a JSON file (--output).
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
 import math
 import os
@@ -20,8 +27,11 @@ import platform
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,10 +42,26 @@ MODELS = ("vanilla", "marian", "torch")
 # --- The three models, same sizes ---
 
 
-def vanilla_model(sizes: dict, vocab: int, attn: str = "sdpa"):
-    from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+def load_baseline(ref: str):
+    """The package as it was at git commit `ref`, imported as `hf_vanilla_transformer_baseline` so that both run in
+    one process. Its import registers its own classes with the Auto mappings; this script builds models directly."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(["git", "-C", str(root), "archive", ref, "hf_vanilla_transformer"], capture_output=True)
+    if done.returncode:
+        raise SystemExit(f"--baseline {ref}: git archive failed: {done.stderr.decode().strip()}")
+    folder = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        archive.extractall(folder, filter="data")
+    (folder / "hf_vanilla_transformer").rename(folder / "hf_vanilla_transformer_baseline")
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("hf_vanilla_transformer_baseline")
 
-    config = VanillaTransformerConfig(
+
+def vanilla_model(sizes: dict, vocab: int, attn: str = "sdpa", package=None):
+    if package is None:
+        import hf_vanilla_transformer as package
+
+    config = package.VanillaTransformerConfig(
         vocab_size=vocab,
         d_model=sizes["d_model"],
         d_ff=sizes["d_ff"],
@@ -46,7 +72,7 @@ def vanilla_model(sizes: dict, vocab: int, attn: str = "sdpa"):
         label_smoothing=0.0,
     )
     config._attn_implementation = attn
-    return VanillaTransformerForConditionalGeneration(config)
+    return package.VanillaTransformerForConditionalGeneration(config)
 
 
 def marian_model(sizes: dict, vocab: int, attn: str = "sdpa"):
@@ -115,9 +141,14 @@ class TorchTransformer(nn.Module):
         return self.decode(tgt, self.encode(src))
 
 
+BASELINES = {}  # "vanilla@REF" -> the package at REF (filled by --baseline)
+
+
 def build(name: str, sizes: dict, vocab: int):
     if name == "vanilla":
         return vanilla_model(sizes, vocab)
+    if name in BASELINES:
+        return vanilla_model(sizes, vocab, package=BASELINES[name])
     if name == "marian":
         return marian_model(sizes, vocab)
     return TorchTransformer(sizes, vocab)
@@ -235,18 +266,18 @@ def decode_linear_floor_ms(sizes: dict, vocab: int, batch: int, own_way: bool, r
     """Milliseconds for just the linear layers of one decoding step: every decoder projection whose input changes
     each step (self-attention Q, K, V, O; cross-attention Q, O; the two FFN layers) and the output layer, each with
     its own weights so they stream from memory as in the model. `own_way=False` times `nn.Linear` (x W^T), as
-    Marian computes them; `own_way=True` times this package's `linear()` (row blocks for 1 row, (W x^T)^T for 2 to
-    32). No fp32 model that computes its products that way can decode a step faster."""
-    from hf_vanilla_transformer.modeling_vanilla_transformer import linear
+    Marian computes them; `own_way=True` times this package's opt-in `RowBlockLinear` (row blocks for 1 row,
+    (W x^T)^T for 2 to 32). No fp32 model that computes its products that way can decode a step faster."""
+    from hf_vanilla_transformer.cpu_inference import RowBlockLinear
 
     d, f, n = sizes["d_model"], sizes["d_ff"], sizes["layers"]
     shapes = n * ([(d, d)] * 6 + [(d, f), (f, d)]) + [(d, vocab)]
-    layers = [nn.Linear(i, o) for i, o in shapes]
+    layers = [(RowBlockLinear if own_way else nn.Linear)(i, o) for i, o in shapes]
     inputs = [torch.randn(batch, i) for i, _ in shapes]
 
     def step():
         for layer, x in zip(layers, inputs):
-            linear(layer, x) if own_way else layer(x)
+            layer(x)
 
     with torch.inference_mode():
         step()
@@ -356,23 +387,23 @@ def summarize(times: dict[str, list[float]], work: float) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{'measurement':38s} {'model':12s} {'median':>10s} {'min-max':>19s} {'x Marian':>9s}")
+    print(f"\n{'measurement':38s} {'model':20s} {'median':>10s} {'min-max':>19s} {'x Marian':>9s}")
     for key, rows in results["throughput"].items():
         for name, row in rows.items():
             ratio = f"{row['ratio_to_marian']:.2f}" if "ratio_to_marian" in row else ("1.00" if name == "marian" else "")
-            print(f"{key:38s} {name:12s} {row['median']:10.1f} {row['min']:9.1f}-{row['max']:<9.1f} {ratio:>9s}")
+            print(f"{key:38s} {name:20s} {row['median']:10.1f} {row['min']:9.1f}-{row['max']:<9.1f} {ratio:>9s}")
     memory = results.get("memory_mb", {})
     for key, value in memory.items():
         ratio = f"{value['median'] / memory['marian']['median']:.2f}" if "marian" in memory else ""
-        print(f"{'peak RSS, 2 training steps (MB)':38s} {key:12s} {value['median']:10.0f} "
+        print(f"{'peak RSS, 2 training steps (MB)':38s} {key:20s} {value['median']:10.0f} "
               f"{value['min']:9.0f}-{value['max']:<9.0f} {ratio:>9s}")
     gpu_memory = results.get("gpu_memory_mb", {})
     for key, value in gpu_memory.items():
         ratio = f"{value / gpu_memory['marian']:.2f}" if "marian" in gpu_memory else ""
-        print(f"{'peak GPU memory, 2 training steps (MB)':38s} {key:12s} {value:10.0f} {'':19s} {ratio:>9s}")
+        print(f"{'peak GPU memory, 2 training steps (MB)':38s} {key:20s} {value:10.0f} {'':19s} {ratio:>9s}")
     for key, errors in results.get("errors", {}).items():
         for name, error in errors.items():
-            print(f"{key:38s} {name:12s} failed: {error}")
+            print(f"{key:38s} {name:20s} failed: {error}")
     limit = results["machine"]
     print(f"\nGEMM peak {limit['gemm_peak_gflops']:.1f} GFLOP/s at {limit['gemm_peak_size']}^3; at the model's shapes: "
           + ", ".join(f"{k} {v:.1f}" for k, v in limit["gemm_model_shapes_gflops"].items()))
@@ -422,6 +453,10 @@ def main() -> dict:
     )
     parser.add_argument("--peak_tflops", type=float, help="The card's bf16 peak for MFU (default: known cards' data sheets).")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--baseline", action="append", default=[], metavar="REF",
+        help="Also time this package as it was at git commit REF (model vanilla@REF); may be repeated.",
+    )
     parser.add_argument("--skip", default="", help="Comma list of parts to skip: train,generate,memory,flops")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes and shapes: checks the script runs.")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice).")
@@ -438,6 +473,9 @@ def main() -> dict:
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}.")
     skip = set(args.skip.split(","))
+    for ref in args.baseline:
+        BASELINES[f"vanilla@{ref}"] = load_baseline(ref)
+        names.append(f"vanilla@{ref}")
     sizes = {"d_model": 512, "d_ff": 2048, "heads": 8, "layers": 6}
     train_shapes = [(64, 32, 32, args.vocab), (16, 128, 128, args.vocab), (64, 32, 32, args.large_vocab)]
     if device.type == "cuda":
@@ -535,13 +573,13 @@ def main() -> dict:
         save()
     if "generate" not in skip and device.type == "cpu" and args.dtype == "fp32":
         results["machine"]["decode_step_linear_floor_ms"] = {
-            f"{how}, batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch, how == "linear()")
+            f"{how}, batch {batch}": decode_linear_floor_ms(sizes, args.vocab, batch, how == "RowBlockLinear")
             for batch in (1, 4, 16)
-            for how in ("nn.Linear", "linear()")
+            for how in ("nn.Linear", "RowBlockLinear")
         }
         save()
     if "generate" not in skip:
-        int8 = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile
+        opt_in = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile
         for label, batch, beams in gen_cases:
             key = f"generate new tokens/s {label}"
             fns = {}
@@ -552,11 +590,21 @@ def main() -> dict:
                 )
                 if fn is not None:
                     fns[n] = fn
-            if int8:  # the opt-in reduced-precision path, against Marian in fp32
+            if opt_in:  # the opt-in CPU paths, against Marian in fp32
+                from hf_vanilla_transformer.cpu_inference import optimize_for_cpu_inference
                 from hf_vanilla_transformer.quantization import quantize_int8
 
-                model = quantize_int8(prepared("vanilla", args.vocab, False).eval(), inplace=True)
-                fns["vanilla-int8"] = generate_fn("vanilla", model, batch, src_len, new_tokens, beams, args.vocab, device)
+                model = optimize_for_cpu_inference(prepared("vanilla", args.vocab, False).eval())
+                fns["vanilla-cpu"] = generate_fn("vanilla", model, batch, src_len, new_tokens, beams, args.vocab, device)
+                for name, package in [("vanilla", None), *BASELINES.items()]:
+                    if name not in names:
+                        continue
+                    if package is not None:
+                        quantize = importlib.import_module(f"{package.__name__}.quantization").quantize_int8
+                    else:
+                        quantize = quantize_int8
+                    model = quantize(prepared(name, args.vocab, False).eval(), inplace=True)
+                    fns[f"{name}-int8"] = generate_fn(name, model, batch, src_len, new_tokens, beams, args.vocab, device)
             times = interleaved(runnable(key, fns), args.rounds, args.warmup, device)
             if times:
                 results["throughput"][key] = summarize(times, batch * new_tokens)
@@ -564,7 +612,8 @@ def main() -> dict:
     if "memory" not in skip:
         batch, src, tgt, vocab = train_shapes[0]
         if device.type == "cpu":
-            results["memory_mb"] = {n: peak_memory(n, sizes, vocab, batch, src, tgt) for n in names}
+            # in a child process each, which builds the models of this checkout only
+            results["memory_mb"] = {n: peak_memory(n, sizes, vocab, batch, src, tgt) for n in names if n not in BASELINES}
         elif device.type == "cuda":
             data = make_batch(batch, src, tgt, vocab, device)
             results["gpu_memory_mb"] = {n: cuda_peak_memory(n, sizes, vocab, data, param_dtype, autocast) for n in names}

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module_hooks
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
@@ -30,6 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
+from .loss import linear_cross_entropy
 
 logger = logging.get_logger(__name__)
 
@@ -37,8 +37,9 @@ logger = logging.get_logger(__name__)
 # --- Checks at the model's boundary: user errors surface here, not as IndexErrors deep inside. ---
 
 
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling()
+def _is_tracing() -> bool:
+    """Under torch.compile or torch.export, where reading a tensor's values (a device sync) is not allowed."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _check_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
@@ -46,7 +47,7 @@ def _check_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
         raise ValueError(f"{name} must have shape (batch, sequence_length), got {tuple(ids.shape)}.")
     if ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); pass at least one token per sequence.")
-    if _is_compiling():
+    if _is_tracing():
         return
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocab_size:
@@ -59,7 +60,7 @@ def _check_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
 
 
 def _check_labels(labels: torch.Tensor, vocab_size: int) -> None:
-    if _is_compiling():
+    if _is_tracing():
         return
     bad = labels[(labels != -100) & ((labels < 0) | (labels >= vocab_size))]
     if bad.numel():
@@ -74,100 +75,6 @@ def _check_mask(mask: torch.Tensor | None, shape: tuple[int, int], name: str, wh
         return
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(mask.shape)} but {what} needs {tuple(shape)}.")
-
-
-def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """§5.4 dropout, as `F.dropout`. On the CPU torch's per-element Bernoulli sampler costs several times the
-    layer it follows; here one 64-bit random draw decides four elements (16 bits each), so `p` is rounded to a
-    multiple of 1/65536 and the kept values are scaled by 1 / (1 - that rounded p). Other devices, and
-    torch.compile, use `F.dropout`."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0 or _is_compiling():
-        return F.dropout(x, p=p, training=True)
-    dropped = round(p * 65536)  # out of 65536 equally likely 16-bit values
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
-    return torch.where(keep, x, 0.0).mul_(65536 / (65536 - dropped))  # where's backward needs no output: mul_ is safe
-
-
-def _bare_linear(layer: nn.Module) -> bool:
-    """An `nn.Linear` that nothing wraps or watches, so its product may be computed from its weight and bias directly:
-    no adapter such as LoRA, no module hooks (DeepSpeed ZeRO-3 gathers parameters in one), no global module hooks,
-    and no replaced `forward` (accelerate's offloading hooks move the weights in there)."""
-    return (
-        type(layer) is nn.Linear
-        and not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks)
-        and "forward" not in layer.__dict__
-        and not (
-            _module_hooks._global_forward_hooks
-            or _module_hooks._global_forward_pre_hooks
-            or _module_hooks._global_backward_hooks
-            or _module_hooks._global_backward_pre_hooks
-        )
-    )
-
-
-def row_block_product(
-    weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor, blocks: int
-) -> torch.Tensor:
-    """W columns + b, (out_features, n), with W split by output rows into `blocks` equal blocks whose products run as
-    one batched product, a block per thread; the out_features % blocks rows left over get a product of their own.
-    `columns` (in_features, n) should be a transposed view of x (stride in_features along its rows): with a
-    contiguous one, bmm runs about 3x slower."""
-    out_features, in_features = weight.shape
-    size = out_features // blocks
-    blocked = blocks * size
-    block_weights = weight[:blocked].view(blocks, size, in_features)
-    shared = columns.expand(blocks, *columns.shape)
-    if bias is None:
-        out = torch.bmm(block_weights, shared)
-    else:
-        out = torch.baddbmm(bias[:blocked].view(blocks, size, 1), block_weights, shared)
-    out = out.view(blocked, columns.shape[1])
-    if blocked < out_features:  # e.g. a vocabulary of 32001 on 2 threads
-        rest_weight = weight[blocked:]
-        rest = rest_weight @ columns if bias is None else torch.addmm(bias[blocked:, None], rest_weight, columns)
-        out = torch.cat([out, rest])
-    return out
-
-
-def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`, with two ways of streaming a large weight faster when a decoding step has few rows.
-
-    They apply to a plain `nn.Linear` whose weight has 2^18 elements (1 MB) or more, in float32 on the CPU without
-    autograd; smaller weights sit in cache, where the extra steps cost more than they save.
-    - 1 row (greedy search at batch 1): MKL's matrix-vector product keeps to one core, so with T threads W is split
-      by output rows into T equal blocks and the blocks' products run as one batched product, a block per thread
-      (1.15-2.1x on 2 threads at the base model's shapes); the few rows left over, if T does not divide the
-      output size, get a product of their own.
-    - 2 to 32 rows (a small batch or beam): (W x^T)^T, which MKL streams 1.5-4x faster than x W^T at 2-4 rows
-      and about as fast or faster at 8-32.
-    `python benchmarks/bench_linear_rows.py` prints both. The products are the same; only the order of summation
-    may differ."""
-    if not _bare_linear(layer):
-        return layer(x)
-    weight, bias = layer.weight, layer.bias
-    rows = x.numel() // x.shape[-1] if x.dim() else 0
-    if (
-        not 1 <= rows <= 32
-        or weight.numel() < 1 << 18
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or weight.dtype != torch.float32
-        or torch.is_grad_enabled()
-        or _is_compiling()
-    ):
-        return F.linear(x, weight, bias)  # what nn.Linear.forward computes, without a module call per layer
-    out_features, in_features = weight.shape
-    if rows == 1:
-        blocks = torch.get_num_threads()
-        if blocks == 1 or out_features < blocks or not weight.is_contiguous():  # blocks of W stored row by row
-            return F.linear(x, weight, bias)
-        return row_block_product(weight, bias, x.reshape(1, in_features).t(), blocks).view(*x.shape[:-1], out_features)
-    columns = x.reshape(rows, in_features).t()
-    out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)
-    return out.t().contiguous().view(*x.shape[:-1], out_features)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -194,31 +101,28 @@ def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, l
 # --- §3.5 Positional encoding ---
 
 
-def sinusoid_table(num_positions: int, d_model: int) -> torch.Tensor:
+def sinusoids(positions: torch.Tensor, d_model: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): sine on even dims, cosine on odd."""
-    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (positions, 1)
-    inv_freq = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (d_model/2,)
-    angles = position * inv_freq  # (positions, d_model/2)
-    table = torch.empty(num_positions, d_model, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(angles)
-    table[:, 1::2] = torch.cos(angles)
-    return table.float()
+    exponents = torch.arange(0, d_model, 2, dtype=dtype, device=positions.device) / d_model
+    angles = positions.unsqueeze(-1).to(dtype) * torch.pow(10000.0, -exponents)  # (..., d_model/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (..., d_model), pairs interleaved
+
+
+def sinusoid_table(num_positions: int, d_model: int) -> torch.Tensor:
+    """The encoding of positions 0 .. num_positions - 1, (num_positions, d_model), computed in float64."""
+    return sinusoids(torch.arange(num_positions), d_model, torch.float64).float()
 
 
 class VanillaTransformerSinusoidalPositionalEncoding(nn.Module):
-    """§3.5: fixed sinusoids; computed for any position, so inputs longer than the table still work."""
+    """§3.5: fixed sinusoids, computed from the positions themselves (in float32 whatever the model's dtype),
+    so no table bounds the length."""
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__()
         self.d_model = config.d_model
-        self.register_buffer("table", sinusoid_table(config.max_position_embeddings, config.d_model), persistent=False)
 
     def forward(self, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
-        if max_length > self.table.shape[0]:
-            # Grow to the next power of two so a long generation does not rebuild the table every step.
-            size = 1 << (max_length - 1).bit_length()
-            self.table = sinusoid_table(size, self.d_model).to(self.table.device)
-        return self.table[position_ids]  # (batch, length, d_model)
+        return sinusoids(position_ids, self.d_model)  # (batch, length, d_model)
 
 
 class VanillaTransformerLearnedPositionalEmbedding(nn.Embedding):
@@ -264,7 +168,7 @@ def scaled_dot_product_attention(
         else:
             scores = scores + attention_mask
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = apply_dropout(weights, dropout, module.training)
+    weights = F.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value)  # (batch, heads, q_len, d_v)
     return output.transpose(1, 2).contiguous(), weights  # (batch, q_len, heads, d_v)
 
@@ -294,6 +198,14 @@ class VanillaTransformerAttention(nn.Module):
         batch, length, _ = states.shape
         return states.view(batch, length, self.num_heads, size).transpose(1, 2)  # (batch, heads, length, size)
 
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention's queries, keys and values, all from the same input, each (batch, heads, length, size)."""
+        return (
+            self._heads(self.q_proj(hidden_states), self.d_k),
+            self._heads(self.k_proj(hidden_states), self.d_k),
+            self._heads(self.v_proj(hidden_states), self.d_v),
+        )
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -303,14 +215,10 @@ class VanillaTransformerAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         is_cross = key_value_states is not None
-        # quantize_int8 gives each self-attention one int8 product for Q, K and V together (same numbers as three).
-        fused = None if is_cross else self._modules.get("fused_qkv")
-        if fused is not None:
-            sizes = (self.num_heads * self.d_k, self.num_heads * self.d_k, self.num_heads * self.d_v)
-            q, k, v = fused(hidden_states).split(sizes, dim=-1)
-            query = self._heads(q, self.d_k)
+        if is_cross:
+            query = self._heads(self.q_proj(hidden_states), self.d_k)
         else:
-            query = self._heads(linear(self.q_proj, hidden_states), self.d_k)
+            query, key, value = self.project_qkv(hidden_states)
 
         layer_cache = None
         if cache is not None:
@@ -324,12 +232,9 @@ class VanillaTransformerAttention(nn.Module):
             key = layer_cache.layers[self.layer_idx].keys
             value = layer_cache.layers[self.layer_idx].values
         else:
-            if fused is not None:
-                key, value = self._heads(k, self.d_k), self._heads(v, self.d_v)
-            else:
-                source = key_value_states if is_cross else hidden_states
-                key = self._heads(linear(self.k_proj, source), self.d_k)
-                value = self._heads(linear(self.v_proj, source), self.d_v)
+            if is_cross:
+                key = self._heads(self.k_proj(key_value_states), self.d_k)
+                value = self._heads(self.v_proj(key_value_states), self.d_v)
             if layer_cache is not None:
                 key, value = layer_cache.update(key, value, self.layer_idx)
                 if is_cross:
@@ -349,35 +254,10 @@ class VanillaTransformerAttention(nn.Module):
             **kwargs,
         )
         output = output.reshape(*hidden_states.shape[:-1], self.num_heads * self.d_v)  # concat heads
-        return linear(self.out_proj, output), weights
+        return self.out_proj(output), weights
 
 
 # --- §3.3 Position-wise feed-forward network ---
-
-
-class ReluFeedForwardFunction(torch.autograd.Function):
-    """max(0, x W1^T + b1) W2^T + b2 over (tokens, d_model) rows, with its backward written out. It keeps x and
-    the ReLU's output, as autograd would, but masks the hidden gradient in place where autograd's ReLU backward
-    allocates a fresh d_ff-wide tensor (on the CPU, newly mapped memory that costs page faults on every step)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor):
-        hidden = torch.addmm(b1, x, w1.t()).relu_()
-        ctx.save_for_backward(x, hidden, w1, w2)
-        return torch.addmm(b2, hidden, w2.t())
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, hidden, w1, w2 = ctx.saved_tensors
-        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
-        grad_w2 = grad_out.t().mm(hidden) if need_w2 else None
-        grad_b2 = grad_out.sum(0) if need_b2 else None
-        grad_hidden = grad_out.mm(w2)
-        torch.ops.aten.threshold_backward.grad_input(grad_hidden, hidden, 0, grad_input=grad_hidden)  # in place
-        grad_w1 = grad_hidden.t().mm(x) if need_w1 else None
-        grad_b1 = grad_hidden.sum(0) if need_b1 else None
-        grad_x = grad_hidden.mm(w1) if need_x else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
 class VanillaTransformerFeedForward(nn.Module):
@@ -388,75 +268,15 @@ class VanillaTransformerFeedForward(nn.Module):
         self.fc1 = nn.Linear(config.d_model, config.d_ff)
         self.fc2 = nn.Linear(config.d_ff, config.d_model)
         self.activation = ACT2FN[config.activation_function]
-        self.relu = config.activation_function == "relu"
         self.activation_dropout = config.activation_dropout
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        shape = hidden_states.shape
-        # Positions flattened first: fc1's output is then a tensor of its own rather than a view of a 2-D product,
-        # which the in-place ReLU would make autograd copy back and forth (four d_ff-wide copies) in backward.
-        rows = hidden_states.reshape(-1, shape[-1])  # (batch * length, d_model)
-        if self._train_fused(rows):
-            output = ReluFeedForwardFunction.apply(rows, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-            return output.view(*shape[:-1], output.shape[-1])
-        hidden = linear(self.fc1, rows)  # (batch * length, d_ff)
-        # max(0, .) in place: fc1's backward needs its input, not its output, so one d_ff-wide buffer is saved.
-        hidden = hidden.relu_() if self.relu else self.activation(hidden)
-        output = linear(self.fc2, apply_dropout(hidden, self.activation_dropout, self.training))
-        return output.view(*shape[:-1], output.shape[-1])
-
-    def _train_fused(self, rows: torch.Tensor) -> bool:
-        """Whether to take `ReluFeedForwardFunction`: ReLU with no dropout inside the FFN, autograd on, bare linear
-        layers of the input's dtype, no autocast (its casts would not reach the written-out backward), no compile."""
-        return (
-            self.relu
-            and torch.is_grad_enabled()
-            and (self.activation_dropout == 0.0 or not self.training)
-            and _bare_linear(self.fc1)
-            and _bare_linear(self.fc2)
-            and rows.dtype == self.fc1.weight.dtype == self.fc2.weight.dtype
-            and not torch.is_autocast_enabled(rows.device.type)
-            and not _is_compiling()
-        )
+        hidden = self.activation(self.fc1(hidden_states))  # (batch, length, d_ff)
+        hidden = F.dropout(hidden, p=self.activation_dropout, training=self.training)
+        return self.fc2(hidden)
 
 
 # --- §3.1 Encoder and decoder layers ---
-
-
-class OutputSavingLayerNorm(torch.autograd.Function):
-    """LayerNorm that keeps its output for the backward pass instead of its input. The output is the next
-    sub-layer's input, kept for that layer's backward anyway, so each LayerNorm holds one (tokens x d_model)
-    tensor fewer. The normalised input is recovered as (y - beta) / gamma, so no |gamma| may be near zero."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-        y, _, rstd = torch.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
-        ctx.save_for_backward(y, weight, bias, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
-        y, weight, bias, rstd = ctx.saved_tensors
-        x_hat = (y - bias).div_(weight)
-        # LayerNorm's own backward evaluated at x_hat (mean 0, 1/std 1) is the true one divided by rstd.
-        grad_x, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
-            grad_y, x_hat, (y.shape[-1],), torch.zeros_like(rstd), torch.ones_like(rstd), weight, bias, [True, True, True]
-        )
-        return grad_x.mul_(rstd), grad_weight, grad_bias, None
-
-
-def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)`; in CPU training, through `OutputSavingLayerNorm` whenever every |gamma| is at least 1e-3 (on the
-    CPU that check costs no device sync)."""
-    if (
-        norm.training
-        and torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and not _is_compiling()
-        and bool((norm.weight.detach().abs() >= 1e-3).all())
-    ):
-        return OutputSavingLayerNorm.apply(x, norm.weight, norm.bias, norm.eps)
-    return norm(x)
 
 
 class VanillaTransformerSublayer(nn.Module):
@@ -472,9 +292,9 @@ class VanillaTransformerSublayer(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, ...]:
-        output, *extra = sublayer(layer_norm(self.norm, x) if self.pre_norm else x)
-        x = x + apply_dropout(output, self.dropout, self.training)
-        return (x if self.pre_norm else layer_norm(self.norm, x), *extra)
+        output, *extra = sublayer(self.norm(x) if self.pre_norm else x)
+        x = x + F.dropout(output, p=self.dropout, training=self.training)
+        return (x if self.pre_norm else self.norm(x), *extra)
 
 
 class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):
@@ -547,9 +367,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         config = self.config
-        if isinstance(module, VanillaTransformerSinusoidalPositionalEncoding):
-            init.copy_(module.table, sinusoid_table(module.table.shape[0], module.d_model))
-        elif isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):
             if config.init_scheme == "xavier":
                 init.xavier_uniform_(module.weight)
             else:
@@ -598,11 +416,10 @@ class VanillaTransformerStack(nn.Module):
         self.embed_tokens = value
 
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
-        # The sinusoid table is a non-persistent buffer: it stays float32 when a model is loaded in half
-        # precision (and when it grows), so it takes the embeddings' dtype here.
+        # Sinusoids are computed in float32: they take the embeddings' dtype (say bfloat16) here.
         positions = self.embed_positions(position_ids, max_length).to(inputs_embeds.dtype)
         hidden_states = inputs_embeds * self.embed_scale + positions
-        return apply_dropout(hidden_states, self.config.dropout, self.training)
+        return F.dropout(hidden_states, p=self.config.dropout, training=self.training)
 
     def finish(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.final_norm(hidden_states) if self.final_norm is not None else hidden_states
@@ -847,60 +664,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-# --- §3.4 + §5.4 The pre-softmax projection and the label-smoothed training loss ---
-
-
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Sum over target positions of the label-smoothed cross-entropy of `hidden @ weight.T`, a block of rows
-    at a time. Each block's gradient, softmax - ((1 - eps) one_hot + eps / vocab), is formed and multiplied
-    back into the hidden-state and weight gradients at once, so no (tokens x vocab) tensor outlives its block
-    and the matmul FLOPs equal the plain path's. Rows labelled -100 add nothing."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, label_smoothing: float, block_rows: int):
-        vocab = weight.shape[0]
-        accumulate = torch.promote_types(hidden.dtype, torch.float32)  # half-precision logits are summed in float32
-        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if want_hidden else None  # every block writes its rows
-        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight else None
-        total = torch.zeros((), dtype=accumulate, device=hidden.device)
-        for start in range(0, hidden.shape[0], block_rows):
-            rows = slice(start, start + block_rows)
-            target = labels[rows]
-            keep = target != -100
-            target = target.clamp(min=0).unsqueeze(1)  # (block, 1)
-            logits = (hidden[rows] @ weight.T).to(accumulate)  # (block, vocab)
-            log_z = torch.logsumexp(logits, dim=-1)
-            nll = log_z - logits.gather(1, target).squeeze(1)
-            if label_smoothing:
-                # -mean_v log p_v = log Z - mean_v logit_v
-                nll = (1.0 - label_smoothing) * nll + label_smoothing * (log_z - logits.mean(dim=-1))
-            total += torch.where(keep, nll, 0.0).sum()
-            if want_hidden or want_weight:
-                probs = logits.sub_(log_z.unsqueeze(1)).exp_()  # softmax, in place of the logits
-                if label_smoothing:
-                    probs.sub_(label_smoothing / vocab)
-                probs.scatter_add_(1, target, probs.new_full(target.shape, label_smoothing - 1.0))
-                probs.mul_(keep.unsqueeze(1))
-                probs = probs.to(hidden.dtype)
-                if want_hidden:
-                    grad_hidden[rows] = probs @ weight
-                if want_weight and grad_weight.dtype == hidden.dtype:
-                    grad_weight.addmm_(probs.T, hidden[rows])
-                elif want_weight:
-                    grad_weight += probs.T @ hidden[rows]
-        ctx.weight_dtype = weight.dtype
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
-        if grad_weight is not None:
-            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None
+# --- §3.4 The pre-softmax projection; §5.4 the label-smoothed training loss ---
 
 
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
@@ -999,19 +763,12 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         if labels is not None and labels.shape != hidden_states.shape[:2]:
             raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(hidden_states.shape[:2])}.")
         if labels is not None and self.config.chunked_loss and self.training and torch.is_grad_enabled():
-            labels = labels.reshape(-1).to(hidden_states.device)
-            # Blocks of about 4M logits (16 MB in float32), and never under 64 rows.
-            block_rows = max(64, (1 << 22) // self.lm_head.out_features)
-            loss = ChunkedLinearCrossEntropy.apply(
-                hidden_states.reshape(-1, hidden_states.shape[-1]),
-                self.lm_head.weight,
-                labels,
-                self.config.label_smoothing,
-                block_rows,
+            # The logits are never held whole: see loss.py.
+            loss = linear_cross_entropy(
+                hidden_states, self.lm_head.weight, labels, self.config.label_smoothing, num_items_in_batch
             )
-            loss = loss / (num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum())
             return self._output(loss, None, outputs, return_dict)
-        logits = linear(self.lm_head, hidden_states)  # (batch, tgt_len, vocab)
+        logits = self.lm_head(hidden_states)  # (batch, tgt_len, vocab)
 
         loss = None
         if labels is not None:

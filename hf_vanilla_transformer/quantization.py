@@ -13,6 +13,8 @@ import warnings
 import torch
 from torch import nn
 
+from .cpu_inference import fuse_self_attention, restore_plain_modules
+
 # The kernel itself: `torch.ops.quantized.linear_dynamic` checks its arguments for fake script objects in Python
 # on every call (about 6 us: 0.3 ms over the 49 products of a base-model decoding step); the overload's C++
 # callable does not.
@@ -54,41 +56,23 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weight=int8 per row"
 
 
-def _add_fused_self_attention(model: nn.Module) -> None:
-    """Gives each self-attention a `fused_qkv` layer: W^Q, W^K and W^V stacked by output rows, so that one int8
-    product replaces three. Rows are quantised one by one and the input once per call, so the stacked layer
-    gives the same numbers as the three; at batch 1 each int8 product has a fixed cost of tens of microseconds
-    that then comes once instead of three times. The three layers stay, so the module tree keeps its names, but
-    the forward no longer calls them (about 9 MB of int8 weights in the base model: 12 x 3 x 512 x 512 bytes),
-    and hooks on them no longer fire."""
-    from .modeling_vanilla_transformer import VanillaTransformerDecoderLayer, VanillaTransformerEncoderLayer
-
-    for layer in model.modules():
-        if not isinstance(layer, (VanillaTransformerEncoderLayer, VanillaTransformerDecoderLayer)):
-            continue
-        attention = layer.self_attn
-        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-        if not all(type(p) is nn.Linear and p.bias is not None for p in projections):
-            continue  # wrapped (say, by an adapter) or without bias: left as three products
-        stacked = nn.Linear(projections[0].in_features, sum(p.out_features for p in projections))
-        with torch.no_grad():
-            stacked.weight.copy_(torch.cat([p.weight for p in projections]))
-            stacked.bias.copy_(torch.cat([p.bias for p in projections]))
-        attention.fused_qkv = stacked  # quantised below with every other nn.Linear
-
-
-def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
+def quantize_int8(model: nn.Module, inplace: bool = False, fuse_qkv: bool = True) -> nn.Module:
     """A copy of `model` (or `model` itself with `inplace=True`) whose `nn.Linear` layers are `Int8Linear`.
 
     Embeddings stay fp32; the pre-softmax layer gets its own int8 copy of the tied embedding matrix. Each
-    self-attention also gets one int8 layer for Q, K and V together.
+    self-attention becomes a `FusedQKVAttention` with one int8 layer for Q, K and V together: rows are quantised
+    one by one and the input once per call, so it gives the same numbers as three int8 layers, and at batch 1 the
+    fixed cost of an int8 product (tens of microseconds) comes once instead of three times (`fuse_qkv=False`
+    keeps the three).
     """
     if model.training:
         raise ValueError("quantize_int8 is for inference: call model.eval() first (a quantised model cannot train).")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("quantize_int8 runs on CPU only; move the model with model.to('cpu') first.")
     target = model if inplace else copy.deepcopy(model)
-    _add_fused_self_attention(target)
+    restore_plain_modules(target)  # quantize_dynamic matches nn.Linear by exact type
+    if fuse_qkv:
+        fuse_self_attention(target)
     with warnings.catch_warnings():
         # torch marks its eager-mode quantisation API as deprecated in favour of torchao, but it is the one
         # that ships with torch and its fbgemm/onednn int8 kernels are what this path needs.

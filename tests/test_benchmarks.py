@@ -39,7 +39,7 @@ def test_quick_run_measures_every_model(tmp_path, dtype):
         f"generate new tokens/s {case}" for case in ("greedy b1", "greedy b16", "beam4 b1")
     }
     assert set(results["throughput"]) == expected
-    int8 = {"vanilla-int8"} if dtype == "fp32" else set()
+    int8 = {"vanilla-int8", "vanilla-cpu"} if dtype == "fp32" else set()  # the opt-in CPU paths
     for key, rows in results["throughput"].items():
         assert set(rows) == {"vanilla", "marian"} | (int8 if key.startswith("generate") else set()), key
         for name, row in rows.items():
@@ -78,6 +78,19 @@ def test_a_failing_model_is_reported_and_the_others_still_measured(tmp_path, mon
     assert results["errors"] == {"train tokens/s 2x8x8 V=500": {"marian": "RuntimeError: planted failure"}}
     assert set(results["throughput"]["train tokens/s 2x8x8 V=500"]) == {"vanilla"}
     assert json.loads(results_path.read_text())["errors"] == results["errors"]
+
+
+@pytest.mark.skipif(
+    subprocess.run(["git", "-C", str(BENCHMARKS), "rev-parse"], capture_output=True).returncode != 0,
+    reason="not a git checkout",
+)
+def test_a_baseline_commit_is_imported_beside_this_checkout():
+    baseline = bench_models.load_baseline("HEAD")
+    assert baseline.__name__ == "hf_vanilla_transformer_baseline"
+    model = bench_models.vanilla_model({"d_model": 16, "d_ff": 32, "heads": 2, "layers": 1}, 50, package=baseline)
+    assert type(model).__module__.startswith("hf_vanilla_transformer_baseline.")
+    with pytest.raises(SystemExit, match="--baseline no-such-ref: git archive failed"):
+        bench_models.load_baseline("no-such-ref")
 
 
 def test_train_shapes_are_parsed_and_bad_ones_rejected(tmp_path):

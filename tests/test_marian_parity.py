@@ -3,9 +3,9 @@
 Marian is the same architecture (post-LN, scaled and tied embeddings, sinusoids) up to the order of the
 sinusoid dimensions. Given Marian's weights and our interleaved position table, the two must compute the same
 logits and, trained on the same batches with the same optimiser, the same losses and weights: any difference
-in the forward or backward (the CPU training paths, the chunked label-smoothed loss, masks, the decoder
-shift) would show here. A gap in translation quality between the two can then only come from the initial
-weights and the dropout draws, which `benchmarks/bench_quality.py` measures over seeds.
+in the forward or backward (the chunked label-smoothed loss, masks, the decoder shift) would show here. A gap
+in translation quality between the two can then only come from the initial weights and the dropout draws,
+which `benchmarks/bench_quality.py` measures over seeds.
 """
 
 import pytest
@@ -106,7 +106,7 @@ def test_same_weights_give_marians_logits():
 def test_trains_like_marian_from_the_same_weights(label_smoothing):
     marian, ours, names = marian_and_ours(label_smoothing)
     marian.train()
-    ours.train()  # the model's own training paths: chunked loss, its LayerNorm and feed-forward functions
+    ours.train()  # in training the loss is the chunked one (loss.py)
     optimizers = [torch.optim.Adam(m.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9) for m in (marian, ours)]
     losses = {"marian": [], "ours": []}
     for batch in batches(30):

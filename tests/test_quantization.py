@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hf_vanilla_transformer.cpu_inference import FusedQKVAttention
 from hf_vanilla_transformer.quantization import Int8Linear, quantize_int8
 
 
@@ -43,7 +44,7 @@ def test_a_quantized_model_refuses_to_save_and_writes_nothing(tiny_model, tmp_pa
     with pytest.raises(RuntimeError, match="Save the fp32 model instead"):
         quantized.save_pretrained(tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
-    with pytest.raises(RuntimeError, match="q_proj is an int8 layer"):
+    with pytest.raises(RuntimeError, match="is an int8 layer, which has no weights to save"):
         quantized.state_dict()
 
 
@@ -72,29 +73,25 @@ def test_training_mode_is_refused(tiny_model):
         quantize_int8(model)
 
 
-def _without_fused(model):
-    """The same int8 model with each self-attention's stacked Q/K/V layer removed: three products again."""
-    for module in model.modules():
-        module._modules.pop("fused_qkv", None)
-    return model
-
-
 def test_self_attention_gets_one_int8_product_for_q_k_v(tiny_model):
     quantized = quantize_int8(tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100))
-    fused = {name for name, m in quantized.named_modules() if name.endswith("fused_qkv")}
+    fused = {name for name, m in quantized.named_modules() if isinstance(m, FusedQKVAttention)}
     layers = quantized.config.encoder_layers, quantized.config.decoder_layers
-    assert fused == {f"model.encoder.layers.{i}.self_attn.fused_qkv" for i in range(layers[0])} | {
-        f"model.decoder.layers.{i}.self_attn.fused_qkv" for i in range(layers[1])
+    assert fused == {f"model.encoder.layers.{i}.self_attn" for i in range(layers[0])} | {
+        f"model.decoder.layers.{i}.self_attn" for i in range(layers[1])
     }  # not the encoder-decoder attention, whose keys and values come from another input
     first = quantized.model.decoder.layers[0].self_attn
-    assert type(first.fused_qkv) is Int8Linear and first.fused_qkv.out_features == 3 * 64
+    assert type(first.qkv_proj) is Int8Linear and first.qkv_proj.out_features == 3 * 64
+    assert not hasattr(first, "q_proj")  # the three int8 layers it stands for are gone
+    assert "FusedQKVAttention" in repr(quantized)
 
-    calls = {"fused": 0, "q_proj": 0}
-    first.fused_qkv.register_forward_hook(lambda *_: calls.__setitem__("fused", calls["fused"] + 1))
-    first.q_proj.register_forward_hook(lambda *_: calls.__setitem__("q_proj", calls["q_proj"] + 1))
+    calls = []
+    first.qkv_proj.register_forward_hook(lambda *_: calls.append(1))
     source = torch.randint(4, 100, (2, 7), generator=torch.Generator().manual_seed(4))
     quantized.generate(input_ids=source, max_new_tokens=4, min_new_tokens=4, num_beams=1, do_sample=False)
-    assert calls == {"fused": 4, "q_proj": 0}  # one call a decoding step, the three layers left unused
+    assert len(calls) == 4  # one call a decoding step
+    with pytest.raises(RuntimeError, match="cannot train"):
+        quantized.train()
 
 
 @pytest.mark.parametrize("head_sizes", [{}, {"d_k": 8, "d_v": 24}])  # Table 3 (A)-(B) rows vary d_k apart from d_v
@@ -102,7 +99,7 @@ def test_fused_q_k_v_gives_the_three_int8_products_bit_for_bit(tiny_model, head_
     # Rows are quantised one by one and the input once per call, so stacking W^Q, W^K and W^V changes nothing.
     model = tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100, **head_sizes)
     fused = quantize_int8(model)
-    three = _without_fused(quantize_int8(model))
+    three = quantize_int8(model, fuse_qkv=False)
     source = torch.randint(4, 100, (3, 9), generator=torch.Generator().manual_seed(1))
     labels = torch.randint(4, 100, (3, 7), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -1,0 +1,176 @@
+"""Opt-in speed for decoding on the CPU, by module replacement: the model file stays the paper.
+
+`optimize_for_cpu_inference(model)` swaps every `nn.Linear` for a `RowBlockLinear`, an `nn.Linear` subclass
+with the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
+decoding step has few rows. `restore_plain_modules(model)` swaps them back. The int8 path in quantization.py
+also swaps each self-attention for a `FusedQKVAttention`, which computes Q, K and V in one product.
+
+`python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_models.py`
+times the whole model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modeling_vanilla_transformer import VanillaTransformerAttention
+
+# Weights smaller than this (1 MB in float32) sit in cache, where the extra steps cost more than they save.
+MIN_WEIGHT_ELEMENTS = 1 << 18
+MAX_FEW_ROWS = 32
+
+
+def row_block_product(
+    weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor, blocks: int
+) -> torch.Tensor:
+    """W columns + b, (out_features, n), with W split by output rows into `blocks` equal blocks whose products run as
+    one batched product, a block per thread; the out_features % blocks rows left over get a product of their own.
+    `columns` (in_features, n) should be a transposed view of x (stride in_features along its rows): with a
+    contiguous one, bmm runs about 3x slower."""
+    out_features, in_features = weight.shape
+    size = out_features // blocks
+    blocked = blocks * size
+    block_weights = weight[:blocked].view(blocks, size, in_features)
+    shared = columns.expand(blocks, *columns.shape)
+    if bias is None:
+        out = torch.bmm(block_weights, shared)
+    else:
+        out = torch.baddbmm(bias[:blocked].view(blocks, size, 1), block_weights, shared)
+    out = out.view(blocked, columns.shape[1])
+    if blocked < out_features:  # e.g. a vocabulary of 32001 on 2 threads
+        rest_weight = weight[blocked:]
+        rest = rest_weight @ columns if bias is None else torch.addmm(bias[blocked:, None], rest_weight, columns)
+        out = torch.cat([out, rest])
+    return out
+
+
+class RowBlockLinear(nn.Linear):
+    """`nn.Linear` whose product streams a large float32 weight faster on the CPU when there are 1 to 32 rows and
+    no autograd (a decoding step); anything else is `F.linear`, so it trains, and its numbers are the same up to
+    the order of summation.
+
+    - 1 row (greedy search at batch 1): MKL's matrix-vector product keeps to one core, so with T threads W is split
+      by output rows into T equal blocks whose products run as one batched product, a block per thread.
+    - 2 to 32 rows (a small batch or beam): (W x^T)^T, which MKL streams faster than x W^T.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        rows = x.numel() // x.shape[-1] if x.dim() else 0
+        if (
+            not 1 <= rows <= MAX_FEW_ROWS
+            or weight.numel() < MIN_WEIGHT_ELEMENTS
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or weight.dtype != torch.float32
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+        ):
+            return F.linear(x, weight, bias)
+        out_features, in_features = weight.shape
+        if rows == 1:
+            blocks = torch.get_num_threads()
+            if blocks == 1 or out_features < blocks or not weight.is_contiguous():  # blocks of W stored row by row
+                return F.linear(x, weight, bias)
+            out = row_block_product(weight, bias, x.reshape(1, in_features).t(), blocks)
+            return out.view(*x.shape[:-1], out_features)
+        columns = x.reshape(rows, in_features).t()
+        out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)
+        return out.t().contiguous().view(*x.shape[:-1], out_features)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", few-row CPU products"
+
+
+class FusedQKVAttention(VanillaTransformerAttention):
+    """Self-attention whose queries, keys and values come from one product with W^Q, W^K and W^V stacked by output
+    rows (`qkv_proj`), where the plain module makes three. It is built from a trained attention for inference
+    only: it refuses `train()`, since training would update `qkv_proj` apart from the three layers it stands for."""
+
+    @classmethod
+    def from_attention(cls, attention: VanillaTransformerAttention) -> FusedQKVAttention:
+        fused = cls(attention.config, is_causal=attention.is_causal, layer_idx=attention.layer_idx).eval()
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        weight = attention.q_proj.weight
+        fused.qkv_proj = nn.Linear(
+            weight.shape[1], sum(p.out_features for p in projections), device=weight.device, dtype=weight.dtype
+        )
+        with torch.no_grad():
+            fused.qkv_proj.weight.copy_(torch.cat([p.weight for p in projections]))
+            fused.qkv_proj.bias.copy_(torch.cat([p.bias for p in projections]))
+        del fused.q_proj, fused.k_proj, fused.v_proj  # self-attention no longer calls them
+        fused.out_proj = attention.out_proj
+        return fused
+
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sizes = (self.num_heads * self.d_k, self.num_heads * self.d_k, self.num_heads * self.d_v)
+        query, key, value = self.qkv_proj(hidden_states).split(sizes, dim=-1)
+        return self._heads(query, self.d_k), self._heads(key, self.d_k), self._heads(value, self.d_v)
+
+    def train(self, mode: bool = True) -> FusedQKVAttention:
+        if mode:
+            raise RuntimeError(
+                "This model has fused Q/K/V self-attention for inference and cannot train. Train the plain model "
+                "(reload it, or keep the one quantize_int8 copied from)."
+            )
+        return super().train(False)
+
+
+def _replace_linears(model: nn.Module, old: type[nn.Linear], new: type[nn.Linear]) -> None:
+    """Every submodule of exactly type `old` becomes a `new` holding the very same parameters (so ties and the
+    state dict are unchanged)."""
+    for name, module in list(model.named_modules()):
+        if name and type(module) is old:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, _swap_linear(module, new))
+
+
+def _swap_linear(layer: nn.Linear, cls: type[nn.Linear]) -> nn.Linear:
+    new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    new.weight = layer.weight
+    new.bias = layer.bias
+    new.train(layer.training)
+    return new
+
+
+def fuse_self_attention(model: nn.Module) -> int:
+    """Swaps each layer's self-attention (the encoder's, and the decoder's masked one) for a `FusedQKVAttention`;
+    attention over the encoder output keeps its three products. Returns the number swapped."""
+    swapped = 0
+    for layer in model.modules():
+        attention = getattr(layer, "self_attn", None)
+        if type(attention) is not VanillaTransformerAttention:
+            continue
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        if not all(type(p) in (nn.Linear, RowBlockLinear) and p.bias is not None for p in projections):
+            continue  # wrapped (say, by an adapter) or without bias: left as three products
+        layer.self_attn = FusedQKVAttention.from_attention(attention)
+        swapped += 1
+    return swapped
+
+
+def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
+    """Swaps every plain `nn.Linear` of `model` (in place) for a `RowBlockLinear` over the same parameters and
+    returns the model: faster greedy and small-batch decoding on the CPU, the same weights, saves as before.
+    Layers wrapped by something else (an adapter, a quantiser) are left alone."""
+    _replace_linears(model, nn.Linear, RowBlockLinear)
+    return model
+
+
+def restore_plain_modules(model: nn.Module) -> nn.Module:
+    """Undoes `optimize_for_cpu_inference`: every `RowBlockLinear` becomes an `nn.Linear` over the same
+    parameters again."""
+    _replace_linears(model, RowBlockLinear, nn.Linear)
+    return model
+
+
+__all__ = [
+    "FusedQKVAttention",
+    "RowBlockLinear",
+    "fuse_self_attention",
+    "optimize_for_cpu_inference",
+    "restore_plain_modules",
+    "row_block_product",
+]

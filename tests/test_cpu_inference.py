@@ -1,0 +1,167 @@
+"""Opt-in CPU inference: `RowBlockLinear`'s few-row products against the plain ones, and a model swapped to them
+and back keeping its parameters, ties, state dict and outputs."""
+
+import pytest
+import torch
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.cpu_inference import (
+    FusedQKVAttention,
+    RowBlockLinear,
+    fuse_self_attention,
+    optimize_for_cpu_inference,
+    restore_plain_modules,
+)
+
+
+def random_ids(batch, length, seed=0, low=3, high=40):
+    return torch.randint(low, high, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+class _RecordProducts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the output shape of every matrix product, to tell which way a `RowBlockLinear` computed."""
+
+    PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default)
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.PRODUCTS:
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for one test, and restores it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _expected_products(rows: int, out_features: int, in_features: int, num_threads: int) -> list[tuple]:
+    """The output shapes of the products a `RowBlockLinear` should compute."""
+    if out_features * in_features < 1 << 18 or rows > 32:
+        return [(rows, out_features)]  # x W^T, as nn.Linear
+    if rows > 1:
+        return [(out_features, rows)]  # W x^T: one column per row
+    if num_threads == 1:
+        return [(1, out_features)]
+    size, rest = divmod(out_features, num_threads)
+    return [(num_threads, size, 1)] + ([(rest, 1)] if rest else [])  # row blocks, then any rows left over
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("leading", [(1,), (1, 1), (2,), (4, 1), (2, 16), (32,), (33,), (5, 7)])
+@pytest.mark.parametrize("in_features, out_features", [(256, 1024), (24, 40), (256, 1025)])
+@pytest.mark.parametrize("num_threads", [1, 2, 3, 4])
+def test_row_block_linear_gives_the_layers_output_and_streams_large_weights_its_own_way(
+    leading, bias, in_features, out_features, num_threads, threads
+):
+    # 1 row: W in row blocks, one per thread (a 1025-row W leaves 1 row over on 2 or 4 threads, 2 on 3);
+    # 2-32 rows: W x^T; weights under 2^18 elements and more rows: x W^T.
+    threads(num_threads)
+    layer = RowBlockLinear(in_features, out_features, bias=bias)
+    x = torch.randn(*leading, in_features)
+    rows = x.numel() // in_features
+    reference_bias = None if layer.bias is None else layer.bias.double()
+    expected = torch.nn.functional.linear(x.double(), layer.weight.double(), reference_bias)
+    with torch.no_grad(), _RecordProducts() as recorded:
+        out = layer(x)
+    assert out.shape == (*leading, out_features) and out.is_contiguous()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert recorded.shapes == _expected_products(rows, out_features, in_features, num_threads)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_row_block_linear_takes_a_weight_stored_transposed(rows, threads):
+    # A weight may be a transposed view (tied to a matrix stored the other way round). Row blocks were measured on
+    # weights stored row by row, so one row takes x W^T; 4 rows still take W x^T, which any layout suits.
+    threads(2)
+    layer = RowBlockLinear(256, 1024)
+    layer.weight = torch.nn.Parameter((torch.randn(256, 1024) * 0.05).t())
+    assert not layer.weight.is_contiguous()
+    x = torch.randn(rows, 256)
+    expected = x.double() @ layer.weight.double().t() + layer.bias.double()
+    with torch.no_grad(), _RecordProducts() as recorded:
+        out = layer(x)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert recorded.shapes == [(1, 1024) if rows == 1 else (1024, rows)]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_an_optimized_decoding_step_matches_the_plain_model(tiny_model, batch, threads):
+    # d_ff 1024 x d_model 256 weights take their own way in a 1- or 4-row step under no_grad; with autograd on,
+    # nn.Linear's x W^T.
+    threads(2)
+    model = tiny_model(d_model=256, d_ff=1024, num_heads=4, encoder_layers=1, decoder_layers=1)
+    inputs = dict(input_ids=random_ids(batch, 6), decoder_input_ids=random_ids(batch, 1, seed=1))
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with _RecordProducts() as recorded:
+            model(**inputs)
+        assert _expected_products(batch, 1024, 256, 2)[0] not in recorded.shapes  # the plain model: x W^T
+        optimize_for_cpu_inference(model)
+        with _RecordProducts() as recorded:
+            fast = model(**inputs).logits
+    assert _expected_products(batch, 1024, 256, 2)[0] in recorded.shapes  # fc1
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    with _RecordProducts() as recorded:
+        model(**inputs).logits.sum().backward()  # autograd on: it trains, with nn.Linear's products
+    assert _expected_products(batch, 1024, 256, 2)[0] not in recorded.shapes
+
+
+def test_row_block_linear_passes_gradients():
+    layer = RowBlockLinear(256, 1024)
+    x = torch.randn(4, 256, requires_grad=True)
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 256))
+
+
+def test_optimizing_swaps_modules_visibly_and_keeps_parameters_ties_and_state_dict(tiny_model):
+    model = tiny_model()
+    parameters = dict(model.named_parameters())
+    state = model.state_dict()
+    assert optimize_for_cpu_inference(model) is model
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is RowBlockLinear for m in linears)
+    assert "RowBlockLinear" in repr(model) and "few-row CPU products" in repr(model)
+    assert dict(model.named_parameters()).keys() == parameters.keys()
+    assert all(p is parameters[name] for name, p in model.named_parameters())  # the same tensors, not copies
+    assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
+    assert model.state_dict().keys() == state.keys()
+    restore_plain_modules(model)
+    assert {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)} == {torch.nn.Linear}
+    assert all(p is parameters[name] for name, p in model.named_parameters())
+
+
+def test_an_optimized_model_saves_the_plain_model(tiny_model, tmp_path):
+    model = tiny_model()
+    source = random_ids(2, 5)
+    with torch.no_grad():
+        expected = model(input_ids=source, decoder_input_ids=source).logits
+    optimize_for_cpu_inference(model).save_pretrained(tmp_path)
+    reloaded = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert not any(isinstance(m, RowBlockLinear) for m in reloaded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=source, decoder_input_ids=source).logits, expected)
+
+
+@pytest.mark.parametrize("head_sizes", [{}, {"d_k": 8, "d_v": 24}])
+def test_fused_self_attention_gives_the_plain_models_outputs_and_refuses_training(tiny_model, head_sizes):
+    model = tiny_model(d_model=64, d_ff=128, num_heads=4, **head_sizes)
+    source, target = random_ids(3, 7), random_ids(3, 5, seed=1)
+    with torch.no_grad():
+        expected = model(input_ids=source, decoder_input_ids=target).logits
+        generated = model.generate(input_ids=source, num_beams=2, max_new_tokens=6, min_new_tokens=6)
+    layers = model.config.encoder_layers + model.config.decoder_layers
+    assert fuse_self_attention(model) == layers  # self-attention only: cross-attention keeps three products
+    assert all(type(layer.cross_attn) is not FusedQKVAttention for layer in model.model.decoder.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=source, decoder_input_ids=target).logits, expected)
+        assert torch.equal(model.generate(input_ids=source, num_beams=2, max_new_tokens=6, min_new_tokens=6), generated)
+    with pytest.raises(RuntimeError, match="cannot train"):
+        model.train()
