@@ -1,5 +1,5 @@
-"""§5.4's label-smoothed cross-entropy fused with §3.4's pre-softmax projection, a block of target positions
-at a time, so that the (tokens x vocabulary) logits are never held whole in training.
+"""§5.4's label-smoothed cross-entropy: on the logits, and fused with §3.4's pre-softmax projection, a block of
+target positions at a time, so that the (tokens x vocabulary) logits are never held whole in training.
 
 This file imports only torch: a saved model folder carries it beside the modeling file.
 """
@@ -86,3 +86,21 @@ def linear_cross_entropy(
     block_rows = block_rows_for(hidden.shape[0], hidden.shape[1], weight.shape[0])
     total = ChunkedLinearCrossEntropy.apply(hidden, weight, labels, label_smoothing, block_rows)
     return total / (num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum())
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean label-smoothed cross-entropy of `logits` (..., vocab) against `labels` (-100: no loss), in float32;
+    `num_items_in_batch` as in `linear_cross_entropy`."""
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1).to(logits.device),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
+        reduction="sum" if num_items_in_batch is not None else "mean",
+    )
+    return loss / num_items_in_batch if num_items_in_batch is not None else loss

@@ -1,8 +1,8 @@
 """The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), in the paper's order.
 
 §3.5 positional encoding, §3.2 attention, §3.3 feed-forward, §3.1 encoder and decoder layers and stacks,
-§3.4 embeddings and the pre-softmax projection. This file imports only torch, transformers and its
-configuration, so a saved model folder carries it and loads with `trust_remote_code=True`.
+§3.4 embeddings and the pre-softmax projection. This file imports only torch, transformers, its configuration
+and loss.py, so a saved model folder carries all three and loads with `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
-from .loss import linear_cross_entropy
+from .loss import cross_entropy, linear_cross_entropy
 
 logger = logging.get_logger(__name__)
 
@@ -214,31 +214,26 @@ class VanillaTransformerAttention(nn.Module):
         cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        is_cross = key_value_states is not None
-        if is_cross:
-            query = self._heads(self.q_proj(hidden_states), self.d_k)
+        if isinstance(cache, EncoderDecoderCache):
+            cache, cross_cache = cache.self_attention_cache, cache
         else:
+            cross_cache = None
+        if key_value_states is None:  # self-attention: this step's keys and values join the cached ones
             query, key, value = self.project_qkv(hidden_states)
-
-        layer_cache = None
-        if cache is not None:
-            if isinstance(cache, EncoderDecoderCache):
-                layer_cache = cache.cross_attention_cache if is_cross else cache.self_attention_cache
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+        else:  # encoder-decoder attention
+            query = self._heads(self.q_proj(hidden_states), self.d_k)
+            if cross_cache is not None and cross_cache.is_updated.get(self.layer_idx, False):
+                # The encoder output does not change while decoding: its keys and values are computed once.
+                layer = cross_cache.cross_attention_cache.layers[self.layer_idx]
+                key, value = layer.keys, layer.values
             else:
-                layer_cache = cache
-
-        if is_cross and layer_cache is not None and cache.is_updated.get(self.layer_idx, False):
-            # The encoder output does not change while decoding: its keys and values are computed once.
-            key = layer_cache.layers[self.layer_idx].keys
-            value = layer_cache.layers[self.layer_idx].values
-        else:
-            if is_cross:
                 key = self._heads(self.k_proj(key_value_states), self.d_k)
                 value = self._heads(self.v_proj(key_value_states), self.d_v)
-            if layer_cache is not None:
-                key, value = layer_cache.update(key, value, self.layer_idx)
-                if is_cross:
-                    cache.is_updated[self.layer_idx] = True
+                if cross_cache is not None:
+                    key, value = cross_cache.cross_attention_cache.update(key, value, self.layer_idx)
+                    cross_cache.is_updated[self.layer_idx] = True
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, scaled_dot_product_attention
@@ -425,10 +420,6 @@ class VanillaTransformerStack(nn.Module):
         return self.final_norm(hidden_states) if self.final_norm is not None else hidden_states
 
 
-def _collect(enabled: bool) -> list | None:
-    return [] if enabled else None
-
-
 class VanillaTransformerEncoder(VanillaTransformerStack):
     """§3.1: a stack of `encoder_layers` identical layers over the embedded source."""
 
@@ -464,21 +455,18 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
         hidden_states = self.embed(inputs_embeds, position_ids, length)
         mask = create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
 
-        all_hidden, all_attentions = _collect(output_hidden_states), _collect(output_attentions)
+        all_hidden, all_attentions = [], []  # references only: returned if asked for
         for layer in self.layers:
-            if all_hidden is not None:
-                all_hidden.append(hidden_states)
-            hidden_states, weights = layer(hidden_states, mask, **kwargs)
-            if all_attentions is not None:
-                all_attentions.append(weights)
-        hidden_states = self.finish(hidden_states)
-        if all_hidden is not None:
             all_hidden.append(hidden_states)
+            hidden_states, weights = layer(hidden_states, mask, **kwargs)
+            all_attentions.append(weights)
+        hidden_states = self.finish(hidden_states)
+        all_hidden.append(hidden_states)
 
         output = BaseModelOutput(
             last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-            attentions=tuple(all_attentions) if all_attentions is not None else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -532,9 +520,7 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
 
         position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
         max_length = past_length + length
-        if isinstance(max_length, torch.Tensor):
-            # A static cache counts its length on the device; its capacity (a Python int) bounds the positions
-            # instead, so sizing the position table needs no device sync and stays traceable by torch.compile.
+        if isinstance(max_length, torch.Tensor):  # a static cache counts on the device; its capacity bounds it
             max_length = cache.get_max_length(0)
         hidden_states = self.embed(inputs_embeds, position_ids, max_length)
         self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
@@ -548,27 +534,23 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
             encoder_hidden_states=encoder_hidden_states,
         )
 
-        all_hidden = _collect(output_hidden_states)
-        all_attentions, all_cross = _collect(output_attentions), _collect(output_attentions)
+        all_hidden, all_attentions, all_cross = [], [], []  # references only: returned if asked for
         for layer in self.layers:
-            if all_hidden is not None:
-                all_hidden.append(hidden_states)
+            all_hidden.append(hidden_states)
             hidden_states, self_weights, cross_weights = layer(
                 hidden_states, causal_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, cache=cache, **kwargs
             )
-            if all_attentions is not None:
-                all_attentions.append(self_weights)
-                all_cross.append(cross_weights)
+            all_attentions.append(self_weights)
+            all_cross.append(cross_weights)
         hidden_states = self.finish(hidden_states)
-        if all_hidden is not None:
-            all_hidden.append(hidden_states)
+        all_hidden.append(hidden_states)
 
         output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
             cache=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-            attentions=tuple(all_attentions) if all_attentions is not None else None,
-            cross_attentions=tuple(all_cross) if all_cross is not None else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -769,19 +751,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             )
             return self._output(loss, None, outputs, return_dict)
         logits = self.lm_head(hidden_states)  # (batch, tgt_len, vocab)
-
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]),
-                labels.reshape(-1).to(logits.device),
-                ignore_index=-100,
-                label_smoothing=self.config.label_smoothing,
-                reduction="sum" if num_items_in_batch is not None else "mean",
-            )
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
-
+            loss = cross_entropy(logits, labels, self.config.label_smoothing, num_items_in_batch)
         return self._output(loss, logits, outputs, return_dict)
 
     @staticmethod
