@@ -165,3 +165,20 @@ def test_fused_self_attention_gives_the_plain_models_outputs_and_refuses_trainin
         assert torch.equal(model.generate(input_ids=source, num_beams=2, max_new_tokens=6, min_new_tokens=6), generated)
     with pytest.raises(RuntimeError, match="cannot train"):
         model.train()
+
+
+def test_translation_loading_takes_the_cpu_products_for_float32_on_the_cpu(tiny_model, tmp_path):
+    from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
+    from hf_vanilla_transformer.translation import load_translation_model, translate
+
+    texts = ["the red boat sails", "a small dog runs home", "the old farmer sees the river"] * 5
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=40, min_frequency=1)
+    model = tiny_model(vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    fast, tokenizer = load_translation_model(str(tmp_path), device="cpu")
+    plain, _ = load_translation_model(str(tmp_path), device="cpu", cpu_products=False)
+    assert type(fast.lm_head) is RowBlockLinear and type(plain.lm_head) is torch.nn.Linear
+    kwargs = dict(num_beams=2, max_new_tokens=5)
+    assert translate(fast, tokenizer, texts[:3], **kwargs) == translate(plain, tokenizer, texts[:3], **kwargs)
