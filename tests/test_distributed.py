@@ -1,7 +1,7 @@
 """Two CPU processes under torchrun (gloo, accelerate's MULTI_CPU) train like one process with the same global batch.
 
-The recording trainer below is test-side: a script in tmp_path swaps it into train/train.py and calls its main(),
-so the code under test is the entry point itself.
+The recording trainer below is test-side: a script in tmp_path swaps it into hf_vanilla_transformer/cli/train.py and
+calls its main(), so the code under test is the entry point itself.
 """
 
 import importlib.util
@@ -16,17 +16,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train.train as entry
+import hf_vanilla_transformer.cli.train as entry
 
 RECORDING_TRAIN = '''
-"""train/train.py's main() with a trainer that writes down what every process trains on."""
+"""hf-vanilla-train's main() with a trainer that writes down what every process trains on."""
 import json
 import os
 import sys
 
 import torch
 
-import train.train as entry
+import hf_vanilla_transformer.cli.train as entry
 
 
 class RecordingTrainer(entry.VanillaSeq2SeqTrainer):

@@ -10,8 +10,8 @@ import torch
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer import visualization as viz
+from hf_vanilla_transformer.cli import visualize as cli
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
-from train import visualize as cli
 
 SENTENCES = [
     "the dog sees a red boat",

@@ -15,10 +15,10 @@ import json
 import logging
 from pathlib import Path
 
+from hf_vanilla_transformer.cli.translate import add_generation_arguments, generation_kwargs
 from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, load_parallel_data
 from hf_vanilla_transformer.training import translation_scores
 from hf_vanilla_transformer.translation import load_translation_model, translate
-from train.translate import add_generation_arguments, generation_kwargs
 
 
 def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""The `hf-vanilla-train` entry point (train/train.py): runs, data sources, recipes, errors, crash safety."""
+"""The `hf-vanilla-train` command: runs, data sources, recipes, errors, crash safety."""
 
 import json
 import logging
@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerState
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.cli.train import command_line_names, load_recipe, main, parse_args, resolve_schedule, run
 from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import last_complete_checkpoint
-from train.train import command_line_names, load_recipe, main, parse_args, resolve_schedule, run
 
 TINY_MODEL = "d_model=32,d_ff=64,num_heads=2,encoder_layers=1,decoder_layers=1"
 TINY = ["--tokenizer_vocab_size", "300", "--max_test_samples", "4", "--report_to", "none"]
@@ -421,7 +421,7 @@ SLOW_TRAIN = """
 import os, sys, time
 import torch
 from transformers import TrainerCallback
-import train.train as entry
+import hf_vanilla_transformer.cli.train as entry
 
 torch.set_num_threads(1)  # as in the test process (conftest): the same arithmetic, the same bits
 

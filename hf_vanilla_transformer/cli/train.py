@@ -55,7 +55,7 @@ from hf_vanilla_transformer.translation import translate
 
 logger = logging.getLogger("hf_vanilla_transformer.train")
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # shipped as package data
 DEFAULT_OUTPUT_DIR = "outputs/vanilla-builtin"
 
 

@@ -1,0 +1,5 @@
+"""The console scripts' code: hf-vanilla-train, -translate, -evaluate, -average and -visualize.
+
+Each module has a `main(argv)`; the scripts installed by pip and the thin ones in a checkout's `train/`
+folder call it. The rest of the library never imports this package.
+"""

@@ -1,1 +1,0 @@
-"""Entry points users run: train, translate, evaluate, average checkpoints."""
