@@ -2,6 +2,7 @@
 
     python docs/make_figures.py outputs/vanilla-builtin            # the folder hf-vanilla-train leaves
     python docs/make_figures.py outputs/vanilla-builtin --skip_toy  # without the two toy trainings (~3 min)
+    python docs/make_figures.py outputs/vanilla-builtin --only_gradients  # question 6 alone: four trainings (~4 min)
 
 Prints every table of the page (Markdown) and writes the PNGs to docs/figures/. The numbers in
 docs/understanding.md are the ones this script printed; seeds are fixed, so a rerun on the same model gives
@@ -406,6 +407,198 @@ def plot_mask(maps: viz.AttentionMaps, path: Path) -> Path:
     return viz.save_figure(figure, path)
 
 
+# --- 6. Backpropagation through the stacks, post-LN vs pre-LN ---
+
+BACKPROP_LAYERS = 6  # the paper's N: with 2 layers a stack is too shallow to show a trend across depth
+# Half the built-in recipe's peak rate of 2e-3 (its warm-up steps and clipping are kept): at 2e-3 the 6-layer post-LN
+# model stalls even with 100 warm-up steps (--gradient_learning_rate 2e-3 shows it), so warm-up would make no difference.
+BACKPROP_LEARNING_RATE = 1e-3
+BACKPROP_WARMUP = 100
+BACKPROP_CLIP = 1.0
+
+
+def backprop_config(tokenizer, norm_position: str, layers: int = BACKPROP_LAYERS) -> VanillaTransformerConfig:
+    """The built-in model's widths (d_model 128, 4 heads, d_ff 512) with `layers` layers per stack and no dropout,
+    so that a gradient measured twice on the same batch is the same."""
+    return VanillaTransformerConfig(
+        vocab_size=len(tokenizer), d_model=128, d_ff=512, num_heads=4, encoder_layers=layers, decoder_layers=layers,
+        dropout=0.0, norm_position=norm_position, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
+    )
+
+
+def translation_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    batch = tokenizer([s for s, _ in pairs], text_target=[t for _, t in pairs], padding=True, return_tensors="pt")
+    batch["labels"] = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
+    return dict(batch)
+
+
+def gradient_groups(model) -> dict[str, list[torch.nn.Parameter]]:
+    """The parameters whose gradient is measured together: the token embeddings (with the tied §3.4 weights one
+    matrix serves the encoder input, the decoder input and the pre-softmax projection), then every parameter of
+    each encoder and decoder layer: its attention and feed-forward weights and the LayerNorms of its sub-layers.
+    Pre-LN's final LayerNorm of each stack belongs to no layer and is left out."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"embeddings": []}
+    for stack, count in (("encoder", model.config.encoder_layers), ("decoder", model.config.decoder_layers)):
+        for layer in range(count):
+            groups[f"{stack} layer {layer}"] = []
+    for name, parameter in model.named_parameters():  # a tied matrix is listed once
+        parts = name.split(".")
+        if "embed_tokens" in parts or name.startswith("lm_head."):
+            groups["embeddings"].append(parameter)
+        elif len(parts) > 3 and parts[2] == "layers":  # model.{encoder,decoder}.layers.{i}.…
+            groups[f"{parts[1]} layer {parts[3]}"].append(parameter)
+    return groups
+
+
+def gradient_norms(model, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The L2 norm of the loss gradient over each group's parameters, averaged over `batches`."""
+    groups = gradient_groups(model)
+    norms = dict.fromkeys(groups, 0.0)
+    for batch in batches:
+        model.zero_grad()
+        model(**batch).loss.backward()
+        for group, parameters in groups.items():
+            squares = sum(p.grad.pow(2).sum() for p in parameters if p.grad is not None)
+            norms[group] += float(squares) ** 0.5 / len(batches)
+    model.zero_grad()
+    return norms
+
+
+@torch.no_grad()
+def mean_loss(model, batches: list[dict[str, torch.Tensor]]) -> float:
+    return sum(model(**batch).loss.item() for batch in batches) / len(batches)
+
+
+def constant_guess_loss(tokenizer, train_pairs: list[tuple[str, str]], batches: list[dict], label_smoothing: float) -> float:
+    """The loss, on `batches`, of always predicting the training targets' token frequencies (mixed with the uniform
+    distribution as label smoothing mixes the targets, which makes it the best input-blind guess): where a model
+    sits that has learned which tokens are common but uses neither the source nor the earlier target tokens."""
+    counts = torch.zeros(len(tokenizer))
+    for ids in tokenizer([target for _, target in train_pairs])["input_ids"]:
+        counts += torch.bincount(torch.tensor(ids), minlength=len(tokenizer))
+    log_guess = ((1 - label_smoothing) * counts / counts.sum() + label_smoothing / len(tokenizer)).log()
+    # The smoothed share of the loss; without smoothing unseen tokens have log 0 = -inf, and no share.
+    uniform_part = -label_smoothing * log_guess.mean() if label_smoothing else 0.0
+    losses = []
+    for batch in batches:
+        labels = batch["labels"][batch["labels"] != -100]
+        losses.append(((1 - label_smoothing) * -log_guess[labels] + uniform_part).mean().item())
+    return sum(losses) / len(losses)
+
+
+def inverse_sqrt_schedule(warmup: int, use_warmup: bool = True):
+    """§5.3's shape as a factor of the peak rate: a linear ramp for `warmup` steps, then step^-0.5. Without warm-up
+    the ramp is replaced by the peak rate; the decay after it is the same."""
+    def factor(step: int) -> float:
+        step += 1
+        decay = (warmup / step) ** 0.5
+        return min(step / warmup, decay) if use_warmup else min(1.0, decay)
+    return factor
+
+
+def train_and_measure(config: VanillaTransformerConfig, fixed: list[dict], draw_batch, steps: int, use_warmup: bool,
+                      learning_rate: float = BACKPROP_LEARNING_RATE, warmup: int = BACKPROP_WARMUP) -> dict:
+    """A model from seed 0: gradient norms on the `fixed` batches at initialisation, `steps` Adam steps (§5.3's
+    betas and epsilon) on `draw_batch()` batches with gradients clipped to norm BACKPROP_CLIP, the norms again."""
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(config).train()
+    at_init = gradient_norms(model, fixed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.98), eps=1e-9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(warmup, use_warmup))
+    losses, start = [], time.time()
+    for _ in range(steps):
+        loss = model(**draw_batch()).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), BACKPROP_CLIP)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    seconds = time.time() - start
+    return {"init": at_init, "trained": gradient_norms(model, fixed), "losses": losses, "seconds": seconds,
+            "fixed_loss": mean_loss(model, fixed), "batches": len(fixed), "learning_rate": learning_rate}
+
+
+def backprop_runs(tokenizer, train_pairs, fixed: list[dict], steps: int, batch_size: int = 32,
+                  layers: int = BACKPROP_LAYERS, learning_rate: float = BACKPROP_LEARNING_RATE) -> dict:
+    """Post-LN and pre-LN, each trained with and without warm-up on the same batches and measured on `fixed`."""
+    runs = {}
+    for norm_position in ("post", "pre"):
+        for use_warmup in (True, False):
+            runs[norm_position, use_warmup] = train_and_measure(
+                backprop_config(tokenizer, norm_position, layers), fixed,
+                batch_drawer(tokenizer, train_pairs, batch_size, seed=1), steps, use_warmup, learning_rate,
+            )
+    return runs
+
+
+def batch_drawer(tokenizer, pairs: list[tuple[str, str]], batch_size: int, seed: int):
+    """A function returning a new batch of `batch_size` random pairs at each call; the same seed, the same batches."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw_batch() -> dict[str, torch.Tensor]:
+        chosen = torch.randint(len(pairs), (batch_size,), generator=generator).tolist()
+        return translation_batch(tokenizer, [pairs[i] for i in chosen])
+
+    return draw_batch
+
+
+def run_label(norm_position: str, use_warmup: bool) -> str:
+    return f"{norm_position}-LN, {'warm-up' if use_warmup else 'no warm-up'}"
+
+
+RUN_STYLE = {("post", True): ("tab:red", "o-"), ("pre", True): ("tab:blue", "s-"),
+             ("post", False): ("tab:red", "o:"), ("pre", False): ("tab:blue", "s:")}
+
+
+def plot_gradient_norms(runs: dict, steps: int, path: Path, constant_guess: float | None = None) -> Path:
+    from matplotlib.ticker import FormatStrFormatter
+
+    figure = viz.new_figure(15.0, 4.4)
+    left, middle, right = figure.subplots(1, 3)
+    groups = list(runs["post", True]["init"])
+    # Embeddings, encoder and decoder are drawn apart: a line between the last encoder and the first decoder layer
+    # would suggest a path that the gradient does not take.
+    segments = [[i for i, g in enumerate(groups) if g.startswith(part)] for part in ("embeddings", "encoder", "decoder")]
+
+    def draw(axes, norms: dict, key, label: str) -> None:
+        color, style = RUN_STYLE[key]
+        for number, segment in enumerate(segments):
+            axes.plot(segment, [norms[groups[i]] for i in segment], style, color=color, markersize=4,
+                      label=label if number == 0 else None)
+
+    for norm_position in ("post", "pre"):
+        draw(left, runs[norm_position, True]["init"], (norm_position, True), f"{norm_position}-LN")
+    for key, run in runs.items():
+        draw(middle, run["trained"], key, run_label(*key))
+        right.plot(range(1, len(run["losses"]) + 1), run["losses"], RUN_STYLE[key][1][1:], color=RUN_STYLE[key][0],
+                   label=run_label(*key))
+    for axes, title in ((left, "at initialisation (same weights)"), (middle, f"after {steps} training steps")):
+        axes.set_yscale("log")
+        axes.set_xticks(range(len(groups)), [g.replace(" layer ", " ").replace("embeddings", "embed") for g in groups],
+                        rotation=60, fontsize=8)
+        for segment in segments[1:]:
+            axes.axvline(segment[0] - 0.5, color="grey", linewidth=0.8)
+        axes.set_ylabel(f"gradient norm (mean of {runs['post', True]['batches']} batches)")
+        axes.set_title(title, fontsize=10)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    left.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    left.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    left.tick_params(axis="y", which="minor", labelsize=7)
+    if constant_guess is not None:
+        right.axhline(constant_guess, color="grey", linestyle="--", linewidth=1, label="constant guess (token frequencies),\nvalidation sentences")
+    right.set_xlabel("training step")
+    right.set_ylabel("training loss (label smoothing 0.1)")
+    right.set_title("training loss", fontsize=10)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    figure.suptitle(f"Gradient norm per layer, post-LN (the paper, §3.1) vs pre-LN: {len(segments[1])}+{len(segments[2])} "
+                    f"layers, built-in task, peak learning rate {runs['post', True]['learning_rate']}", fontsize=11)
+    return viz.save_figure(figure, path)
+
+
 # --- main ---
 
 
@@ -416,6 +609,11 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=200, help="Validation sentences to average over (default: %(default)s).")
     parser.add_argument("--toy_steps", type=int, default=1500, help="Training steps of each toy copy model (default: %(default)s).")
     parser.add_argument("--skip_toy", action="store_true", help="Skip the sinusoidal-vs-learned toy trainings.")
+    parser.add_argument("--gradient_steps", type=int, default=200, help="Training steps of each model of question 6 (default: %(default)s).")
+    parser.add_argument("--gradient_learning_rate", type=float, default=BACKPROP_LEARNING_RATE,
+                        help="Peak learning rate of question 6's trainings (default: %(default)s).")
+    parser.add_argument("--skip_gradients", action="store_true", help="Skip question 6's four trainings (~4 min).")
+    parser.add_argument("--only_gradients", action="store_true", help="Run question 6 alone (it uses only the model's tokenizer).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # tiny models: threads only add overhead, and the measurements stay reproducible
@@ -428,7 +626,22 @@ def main() -> None:
     pairs = [(row["translation"][SOURCE_LANG], row["translation"][TARGET_LANG]) for row in validation][: args.sentences]
     print(f"model: {args.model} (d_model {config.d_model}, {config.num_heads} heads, d_k {config.d_k}, "
           f"{config.encoder_layers}+{config.decoder_layers} layers); {len(pairs)} validation sentences of the built-in task")
+    figures = {} if args.only_gradients else questions_1_to_5(args, model, tokenizer, pairs, out)
 
+    heading("6. Backpropagation, post-LN vs pre-LN")
+    if args.skip_gradients:
+        print("(skipped)")
+    else:
+        figures["gradients"] = question_6(tokenizer, args.gradient_steps, args.gradient_learning_rate, out)
+
+    heading("Figures")
+    for name, path in figures.items():
+        print(f"{name}: {path} ({path.stat().st_size // 1024} KB)")
+    print(f"\ntotal time: {time.time() - started:.0f} s")
+
+
+def questions_1_to_5(args, model, tokenizer, pairs: list[tuple[str, str]], out: Path) -> dict[str, Path]:
+    config = model.config
     heading("See inside: one sentence")
     maps = viz.collect_attention(model, tokenizer, EXAMPLE)
     print(f"source: {EXAMPLE}\ntranslation (beam 4, the model's default): {maps.translation}")
@@ -543,11 +756,36 @@ def main() -> None:
     print(f"replacing decoder input {changed_at} of the example: largest logit change at positions < {changed_at}: {before:.2e}; "
           f"at positions >= {changed_at}: {after:.2f}")
     figures["mask"] = plot_mask(maps, out / "decoder_causal_mask.png")
+    return figures
 
-    heading("Figures")
-    for name, path in figures.items():
-        print(f"{name}: {path} ({path.stat().st_size // 1024} KB)")
-    print(f"\ntotal time: {time.time() - started:.0f} s")
+
+def question_6(tokenizer, steps: int, learning_rate: float, out: Path, fixed_sentences: int = 128) -> Path:
+    splits = load_builtin_dataset(seed=0)
+    as_pairs = lambda split: [(r["translation"][SOURCE_LANG], r["translation"][TARGET_LANG]) for r in splits[split]]  # noqa: E731
+    train_pairs, fixed_pairs = as_pairs("train"), as_pairs("validation")[:fixed_sentences]
+    print(f"{BACKPROP_LAYERS}+{BACKPROP_LAYERS} layers, d_model 128, 4 heads, d_ff 512, no dropout, vocabulary "
+          f"{len(tokenizer)} (the model's tokenizer), seed 0; gradient norms averaged over {fixed_sentences} validation "
+          f"sentences in batches of 32; training: {steps} Adam steps of 32 random pairs of the built-in training split, "
+          f"peak learning rate {learning_rate}, warm-up {BACKPROP_WARMUP} steps then step^-0.5 (or the same "
+          f"without the ramp), gradients clipped to norm {BACKPROP_CLIP}\n")
+    fixed = [translation_batch(tokenizer, fixed_pairs[i : i + 32]) for i in range(0, len(fixed_pairs), 32)]
+    runs = backprop_runs(tokenizer, train_pairs, fixed, steps, learning_rate=learning_rate)
+    for key, run in runs.items():
+        last = run["losses"][-20:]
+        print(f"{run_label(*key)}: {run['seconds']:.0f} s; training loss {run['losses'][0]:.2f} at step 1, "
+              f"{sum(last) / len(last):.2f} over the last {len(last)} steps; loss on the {fixed_sentences} validation "
+              f"sentences {run['fixed_loss']:.2f}")
+    guess = constant_guess_loss(tokenizer, train_pairs, fixed, backprop_config(tokenizer, "post").label_smoothing)
+    print(f"the best constant guess (the training targets' token frequencies), on the same sentences: {guess:.2f}\n")
+    order = [("post", True), ("pre", True), ("post", False), ("pre", False)]
+    rows = [[group, runs["post", True]["init"][group], runs["pre", True]["init"][group],
+             *(runs[key]["trained"][group] for key in order)] for group in runs["post", True]["init"]]
+    print_table(["parameters", "init: post-LN", "init: pre-LN", *(f"after {steps} steps: {run_label(*key)}" for key in order)], rows)
+    for norm_position in ("post", "pre"):
+        init = runs[norm_position, True]["init"]
+        top, bottom = init[f"decoder layer {BACKPROP_LAYERS - 1}"], init["decoder layer 0"]
+        print(f"{norm_position}-LN at initialisation: decoder layer {BACKPROP_LAYERS - 1} / decoder layer 0 = {top / bottom:.2f}")
+    return plot_gradient_norms(runs, steps, out / "gradient_norms_post_vs_pre.png", guess)
 
 
 if __name__ == "__main__":
