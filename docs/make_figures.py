@@ -466,6 +466,29 @@ def gradient_norms(model, batches: list[dict[str, torch.Tensor]]) -> dict[str, f
 
 
 @torch.no_grad()
+def layer_norm_input_spread(model, batch: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Per stack, for each sub-layer's LayerNorm in order: the standard deviation over d_model of the vectors it
+    normalises, averaged over real (not padding) tokens. Backwards, a LayerNorm divides the gradient by it."""
+    masks = {"encoder": batch["attention_mask"].bool(), "decoder": batch["labels"] != -100}
+    spreads: dict[str, list[float]] = {"encoder": [], "decoder": []}
+    hooks = []
+    for name, module in model.named_modules():
+        if name.endswith("_sublayer.norm"):  # model.{encoder,decoder}.layers.{i}.{kind}_sublayer.norm
+            stack = name.split(".")[1]
+
+            def record(_, inputs, stack=stack):
+                spreads[stack].append(inputs[0].std(-1, unbiased=False)[masks[stack]].mean().item())
+
+            hooks.append(module.register_forward_pre_hook(record))
+    try:
+        model(**batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return spreads
+
+
+@torch.no_grad()
 def mean_loss(model, batches: list[dict[str, torch.Tensor]]) -> float:
     return sum(model(**batch).loss.item() for batch in batches) / len(batches)
 
@@ -785,6 +808,12 @@ def question_6(tokenizer, steps: int, learning_rate: float, out: Path, fixed_sen
         init = runs[norm_position, True]["init"]
         top, bottom = init[f"decoder layer {BACKPROP_LAYERS - 1}"], init["decoder layer 0"]
         print(f"{norm_position}-LN at initialisation: decoder layer {BACKPROP_LAYERS - 1} / decoder layer 0 = {top / bottom:.2f}")
+    print("\nstd over d_model of what each sub-layer LayerNorm normalises, at initialisation, first batch, bottom to top")
+    for norm_position, what in (("post", "the sums x + Sublayer(x)"), ("pre", "the residual stream x")):
+        torch.manual_seed(0)
+        model = VanillaTransformerForConditionalGeneration(backprop_config(tokenizer, norm_position)).train()
+        for stack, spreads in layer_norm_input_spread(model, fixed[0]).items():
+            print(f"{norm_position}-LN {stack} ({what}): {' '.join(f'{v:.2f}' for v in spreads)}")
     return plot_gradient_norms(runs, steps, out / "gradient_norms_post_vs_pre.png", guess)
 
 

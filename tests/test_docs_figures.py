@@ -77,6 +77,20 @@ def test_one_finite_positive_norm_per_layer_and_post_differs_from_pre(figures, t
     assert post["decoder layer 3"] / post["decoder layer 0"] > 2 * pre["decoder layer 3"] / pre["decoder layer 0"]
 
 
+def test_layer_norm_input_spread_per_sub_layer(figures, tokenizer, pairs):
+    batch = fixed_batches(figures, tokenizer, pairs)[0]
+    post = figures.layer_norm_input_spread(model(figures, tokenizer, "post", layers=3), batch)
+    pre = figures.layer_norm_input_spread(model(figures, tokenizer, "pre", layers=3), batch)
+    for spreads in (post, pre):
+        assert [len(spreads["encoder"]), len(spreads["decoder"])] == [2 * 3, 3 * 3]
+        assert all(math.isfinite(v) and v > 0 for v in spreads["encoder"] + spreads["decoder"])
+    # Post-LN normalises x + Sublayer(x) where x is already normalised: wider than 1, and not growing. Pre-LN's
+    # residual stream is never normalised on its path, so each sub-layer widens it.
+    assert all(1 < v < 2 for v in post["decoder"][1:])
+    assert all(a < b for a, b in zip(pre["decoder"], pre["decoder"][1:]))
+    assert pre["decoder"][-1] > 1.5 * pre["decoder"][0]
+
+
 def test_gradient_norms_is_repeatable_and_leaves_no_gradient(figures, tokenizer, pairs):
     fixed = fixed_batches(figures, tokenizer, pairs)
     network = model(figures, tokenizer, "post")
