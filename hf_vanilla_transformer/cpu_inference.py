@@ -2,8 +2,8 @@
 
 `optimize_for_cpu_inference(model)` swaps every `nn.Linear` for a `RowBlockLinear`, an `nn.Linear` subclass
 with the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
-decoding step has few rows. `restore_plain_modules(model)` swaps them back. The int8 path in quantization.py
-also swaps each self-attention for a `FusedQKVAttention`, which computes Q, K and V in one product.
+decoding step has few rows, and each self-attention for a `FusedQKVAttention`, which computes Q, K and V in one
+product. `restore_plain_modules(model)` swaps them back. The int8 path in quantization.py fuses Q, K and V too.
 
 `python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_models.py`
 times the whole model.
@@ -86,25 +86,37 @@ class RowBlockLinear(nn.Linear):
 
 class FusedQKVAttention(VanillaTransformerAttention):
     """Self-attention whose queries, keys and values come from one product with W^Q, W^K and W^V stacked by output
-    rows (`qkv_proj`), where the plain module makes three. It is built from a trained attention for inference
-    only: it refuses `train()`, since training would update `qkv_proj` apart from the three layers it stands for."""
+    rows (`qkv_proj`), where the plain module makes three. Built from a trained attention for inference only: it
+    refuses `train()`, since training would leave `qkv_proj` behind the three layers it stands for.
+
+    With `keep_projections` (the float32 path) the three layers stay, as the same modules: the state dict holds
+    them and not `qkv_proj`, so the model saves as the plain one, and with autograd on they are used directly.
+    Without it (the int8 path) they are dropped, and `qkv_proj` is quantised with the other layers."""
 
     @classmethod
-    def from_attention(cls, attention: VanillaTransformerAttention) -> FusedQKVAttention:
+    def from_attention(cls, attention: VanillaTransformerAttention, keep_projections: bool = False):
         fused = cls(attention.config, is_causal=attention.is_causal, layer_idx=attention.layer_idx).eval()
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         weight = attention.q_proj.weight
-        fused.qkv_proj = nn.Linear(
+        stacked = (RowBlockLinear if keep_projections else nn.Linear)(
             weight.shape[1], sum(p.out_features for p in projections), device=weight.device, dtype=weight.dtype
         )
         with torch.no_grad():
-            fused.qkv_proj.weight.copy_(torch.cat([p.weight for p in projections]))
-            fused.qkv_proj.bias.copy_(torch.cat([p.bias for p in projections]))
-        del fused.q_proj, fused.k_proj, fused.v_proj  # self-attention no longer calls them
+            stacked.weight.copy_(torch.cat([p.weight for p in projections]))
+            stacked.bias.copy_(torch.cat([p.bias for p in projections]))
+        stacked.requires_grad_(False)
+        fused.qkv_proj = stacked
+        if keep_projections:
+            fused.q_proj, fused.k_proj, fused.v_proj = projections
+            fused.register_state_dict_post_hook(_drop_stacked_weights)
+        else:
+            del fused.q_proj, fused.k_proj, fused.v_proj  # self-attention no longer calls them
         fused.out_proj = attention.out_proj
         return fused
 
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled() and "q_proj" in self._modules:
+            return super().project_qkv(hidden_states)  # gradients belong to the three layers
         sizes = (self.num_heads * self.d_k, self.num_heads * self.d_k, self.num_heads * self.d_v)
         query, key, value = self.qkv_proj(hidden_states).split(sizes, dim=-1)
         return self._heads(query, self.d_k), self._heads(key, self.d_k), self._heads(value, self.d_v)
@@ -112,10 +124,16 @@ class FusedQKVAttention(VanillaTransformerAttention):
     def train(self, mode: bool = True) -> FusedQKVAttention:
         if mode:
             raise RuntimeError(
-                "This model has fused Q/K/V self-attention for inference and cannot train. Train the plain model "
-                "(reload it, or keep the one quantize_int8 copied from)."
+                "This model has fused Q/K/V self-attention for inference and cannot train. Train the plain model: "
+                "restore_plain_modules(model) undoes optimize_for_cpu_inference; an int8 model cannot be undone "
+                "(train the model quantize_int8 copied from)."
             )
         return super().train(False)
+
+
+def _drop_stacked_weights(module, state_dict, prefix, local_metadata):
+    for key in [key for key in state_dict if key.startswith(prefix + "qkv_proj.")]:
+        del state_dict[key]
 
 
 def _replace_linears(model: nn.Module, old: type[nn.Linear], new: type[nn.Linear]) -> None:
@@ -135,7 +153,7 @@ def _swap_linear(layer: nn.Linear, cls: type[nn.Linear]) -> nn.Linear:
     return new
 
 
-def fuse_self_attention(model: nn.Module) -> int:
+def fuse_self_attention(model: nn.Module, keep_projections: bool = False) -> int:
     """Swaps each layer's self-attention (the encoder's, and the decoder's masked one) for a `FusedQKVAttention`;
     attention over the encoder output keeps its three products. Returns the number swapped."""
     swapped = 0
@@ -146,22 +164,31 @@ def fuse_self_attention(model: nn.Module) -> int:
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         if not all(type(p) in (nn.Linear, RowBlockLinear) and p.bias is not None for p in projections):
             continue  # wrapped (say, by an adapter) or without bias: left as three products
-        layer.self_attn = FusedQKVAttention.from_attention(attention)
+        layer.self_attn = FusedQKVAttention.from_attention(attention, keep_projections)
         swapped += 1
     return swapped
 
 
 def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
-    """Swaps every plain `nn.Linear` of `model` (in place) for a `RowBlockLinear` over the same parameters and
-    returns the model: faster greedy and small-batch decoding on the CPU, the same weights, saves as before.
-    Layers wrapped by something else (an adapter, a quantiser) are left alone."""
+    """Swaps, in place, every plain `nn.Linear` of `model` for a `RowBlockLinear` over the same parameters and each
+    self-attention for a `FusedQKVAttention` that keeps its three layers, and returns the model: faster greedy and
+    small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses `train()`
+    until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left alone."""
     _replace_linears(model, nn.Linear, RowBlockLinear)
+    fuse_self_attention(model, keep_projections=True)
     return model
 
 
 def restore_plain_modules(model: nn.Module) -> nn.Module:
-    """Undoes `optimize_for_cpu_inference`: every `RowBlockLinear` becomes an `nn.Linear` over the same
-    parameters again."""
+    """Undoes `optimize_for_cpu_inference`: each fused self-attention becomes a plain one over the same three
+    layers, and every `RowBlockLinear` an `nn.Linear` over the same parameters."""
+    for layer in model.modules():
+        attention = getattr(layer, "self_attn", None)
+        if isinstance(attention, FusedQKVAttention) and "q_proj" in attention._modules:
+            plain = VanillaTransformerAttention(attention.config, attention.is_causal, attention.layer_idx)
+            for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                setattr(plain, name, getattr(attention, name))
+            layer.self_attn = plain.train(layer.training)
     _replace_linears(model, RowBlockLinear, nn.Linear)
     return model
 

@@ -129,13 +129,23 @@ def test_optimizing_swaps_modules_visibly_and_keeps_parameters_ties_and_state_di
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(type(m) is RowBlockLinear for m in linears)
     assert "RowBlockLinear" in repr(model) and "few-row CPU products" in repr(model)
-    assert dict(model.named_parameters()).keys() == parameters.keys()
-    assert all(p is parameters[name] for name, p in model.named_parameters())  # the same tensors, not copies
+    assert "FusedQKVAttention" in repr(model)
+    stacked = {name for name in dict(model.named_parameters()) if ".self_attn.qkv_proj." in name}
+    layers = model.config.encoder_layers + model.config.decoder_layers
+    assert len(stacked) == 2 * layers  # a stacked weight and bias per self-attention, beside the three layers
+    own = {name: p for name, p in model.named_parameters() if name not in stacked}
+    assert own.keys() == parameters.keys()
+    assert all(p is parameters[name] for name, p in own.items())  # the same tensors, not copies
     assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
-    assert model.state_dict().keys() == state.keys()
+    assert model.state_dict().keys() == state.keys()  # saves as the plain model
+    with pytest.raises(RuntimeError, match="restore_plain_modules"):
+        model.train()
     restore_plain_modules(model)
     assert {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)} == {torch.nn.Linear}
+    assert not any(isinstance(m, FusedQKVAttention) for m in model.modules())
+    assert dict(model.named_parameters()).keys() == parameters.keys()
     assert all(p is parameters[name] for name, p in model.named_parameters())
+    model.train()  # trains again
 
 
 def test_an_optimized_model_saves_the_plain_model(tiny_model, tmp_path):
