@@ -44,7 +44,7 @@ MODELS = ("vanilla", "marian", "torch")
 
 def load_baseline(ref: str):
     """The package as it was at git commit `ref`, imported as `hf_vanilla_transformer_baseline` so that both run in
-    one process. Its import registers its own classes with the Auto mappings; this script builds models directly."""
+    one process; the Auto classes stay this checkout's."""
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(["git", "-C", str(root), "archive", ref, "hf_vanilla_transformer"], capture_output=True)
     if done.returncode:
@@ -54,7 +54,18 @@ def load_baseline(ref: str):
         archive.extractall(folder, filter="data")
     (folder / "hf_vanilla_transformer").rename(folder / "hf_vanilla_transformer_baseline")
     sys.path.insert(0, str(folder))
-    return importlib.import_module("hf_vanilla_transformer_baseline")
+    baseline = importlib.import_module("hf_vanilla_transformer_baseline")
+    # Its import registered its config under the shared model type: give the Auto classes back to this checkout.
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+    import hf_vanilla_transformer as current
+
+    AutoConfig.register(current.VanillaTransformerConfig.model_type, current.VanillaTransformerConfig, exist_ok=True)
+    AutoModel.register(current.VanillaTransformerConfig, current.VanillaTransformerModel, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(
+        current.VanillaTransformerConfig, current.VanillaTransformerForConditionalGeneration, exist_ok=True
+    )
+    return baseline
 
 
 def vanilla_model(sizes: dict, vocab: int, attn: str = "sdpa", package=None):

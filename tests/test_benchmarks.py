@@ -89,6 +89,11 @@ def test_a_baseline_commit_is_imported_beside_this_checkout():
     assert baseline.__name__ == "hf_vanilla_transformer_baseline"
     model = bench_models.vanilla_model({"d_model": 16, "d_ff": 32, "heads": 2, "layers": 1}, 50, package=baseline)
     assert type(model).__module__.startswith("hf_vanilla_transformer_baseline.")
+    from transformers import AutoConfig
+
+    from hf_vanilla_transformer import VanillaTransformerConfig
+
+    assert AutoConfig.for_model("vanilla_transformer").__class__ is VanillaTransformerConfig  # still this checkout's
     with pytest.raises(SystemExit, match="--baseline no-such-ref: git archive failed"):
         bench_models.load_baseline("no-such-ref")
 

@@ -49,7 +49,7 @@ SHAPES = [(40, 7, 3), (2, 1100, 1030)]
 
 @pytest.mark.parametrize("strict", [True, False])
 def test_torch_export_with_dynamic_batch_and_lengths_runs_past_32_rows_and_1024_positions(strict):
-    wrapped = LogitsOnly(small_model())
+    wrapped = LogitsOnly(small_model()).eval()
     with torch.no_grad():
         program = torch.export.export(wrapped, inputs(2, 5, 4), dynamic_shapes=DYNAMIC, strict=strict)
     for shape in SHAPES:
@@ -81,7 +81,7 @@ def test_executorch_wrapper_exports_with_its_defaults_and_decodes_as_generate():
 def test_onnx_export_runs_in_onnxruntime_at_new_shapes(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    wrapped = LogitsOnly(small_model())
+    wrapped = LogitsOnly(small_model()).eval()
     path = tmp_path / "model.onnx"
     with torch.no_grad():
         torch.onnx.export(wrapped, inputs(2, 5, 4), str(path), dynamo=True, dynamic_shapes=DYNAMIC, verbose=False)
