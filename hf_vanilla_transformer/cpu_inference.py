@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_vanilla_transformer import VanillaTransformerAttention
+from .modeling_vanilla_transformer import (
+    VanillaTransformerAttention,
+    VanillaTransformerFeedForward,
+    VanillaTransformerSinusoidalPositionalEncoding,
+    VanillaTransformerSublayer,
+    sinusoid_table,
+)
 
 # Weights smaller than this (1 MB in float32) sit in cache, where the extra steps cost more than they save.
 MIN_WEIGHT_ELEMENTS = 1 << 18
@@ -136,6 +142,62 @@ def _drop_stacked_weights(module, state_dict, prefix, local_metadata):
         del state_dict[key]
 
 
+class InferenceSublayer(VanillaTransformerSublayer):
+    """The residual and LayerNorm of §3.1 without the dropout call, which does nothing in eval mode but costs a
+    call per sub-layer and decoding step."""
+
+    def forward(self, x, sublayer):
+        if self.training:
+            return super().forward(x, sublayer)
+        output, *extra = sublayer(self.norm(x) if self.pre_norm else x)
+        x = x + output
+        return (x if self.pre_norm else self.norm(x), *extra)
+
+
+class InferenceFeedForward(VanillaTransformerFeedForward):
+    """§3.3 with the ReLU applied in place and no dropout call (no autograd to keep fc1's output for)."""
+
+    def forward(self, hidden_states):
+        if self.training or torch.is_grad_enabled() or not isinstance(self.activation, nn.ReLU):
+            return super().forward(hidden_states)
+        return self.fc2(self.fc1(hidden_states).relu_())
+
+
+class TableSinusoidalPositionalEncoding(VanillaTransformerSinusoidalPositionalEncoding):
+    """§3.5's sinusoids read from a float64-built table (grown to the next power of two when a longer sequence
+    comes) instead of computed from every decoding step's position."""
+
+    def forward(self, position_ids, max_length):
+        table = self.__dict__.get("_table")
+        if table is None or table.shape[0] < max_length or table.device != position_ids.device:
+            size = 1 << max(max_length - 1, 63).bit_length()
+            table = self.__dict__["_table"] = sinusoid_table(size, self.d_model).to(position_ids.device)
+        return table[position_ids]
+
+
+# Subclasses that add no state and only override forward: swapped by class, and back.
+_INFERENCE_CLASSES = {
+    VanillaTransformerSublayer: InferenceSublayer,
+    VanillaTransformerFeedForward: InferenceFeedForward,
+    VanillaTransformerSinusoidalPositionalEncoding: TableSinusoidalPositionalEncoding,
+}
+
+
+def use_inference_blocks(model: nn.Module) -> nn.Module:
+    """Swaps the residual blocks, feed-forward networks and sinusoids of `model` for their inference versions (in
+    eval mode they compute the same; in training they run the plain forward)."""
+    _swap_classes(model, _INFERENCE_CLASSES)
+    return model
+
+
+def _swap_classes(model: nn.Module, mapping: dict) -> None:
+    for module in model.modules():
+        new = mapping.get(type(module))
+        if new is not None:
+            module.__class__ = new
+            module.__dict__.pop("_table", None)
+
+
 def _replace_linears(model: nn.Module, old: type[nn.Linear], new: type[nn.Linear]) -> None:
     """Every submodule of exactly type `old` becomes a `new` holding the very same parameters (so ties and the
     state dict are unchanged)."""
@@ -170,18 +232,20 @@ def fuse_self_attention(model: nn.Module, keep_projections: bool = False) -> int
 
 
 def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
-    """Swaps, in place, every plain `nn.Linear` of `model` for a `RowBlockLinear` over the same parameters and each
-    self-attention for a `FusedQKVAttention` that keeps its three layers, and returns the model: faster greedy and
-    small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses `train()`
+    """Swaps, in place, every plain `nn.Linear` of `model` for a `RowBlockLinear` over the same parameters, each
+    self-attention for a `FusedQKVAttention` that keeps its three layers, and the residual blocks, feed-forward
+    networks and sinusoids for inference versions without eval mode's per-step calls; returns the model: faster
+    greedy and small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses `train()`
     until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left alone."""
     _replace_linears(model, nn.Linear, RowBlockLinear)
     fuse_self_attention(model, keep_projections=True)
+    use_inference_blocks(model)
     return model
 
 
 def restore_plain_modules(model: nn.Module) -> nn.Module:
     """Undoes `optimize_for_cpu_inference`: each fused self-attention becomes a plain one over the same three
-    layers, and every `RowBlockLinear` an `nn.Linear` over the same parameters."""
+    layers, every `RowBlockLinear` an `nn.Linear` over the same parameters, and the inference blocks plain ones."""
     for layer in model.modules():
         attention = getattr(layer, "self_attn", None)
         if isinstance(attention, FusedQKVAttention) and "q_proj" in attention._modules:
@@ -190,14 +254,19 @@ def restore_plain_modules(model: nn.Module) -> nn.Module:
                 setattr(plain, name, getattr(attention, name))
             layer.self_attn = plain.train(layer.training)
     _replace_linears(model, RowBlockLinear, nn.Linear)
+    _swap_classes(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
     return model
 
 
 __all__ = [
     "FusedQKVAttention",
+    "InferenceFeedForward",
+    "InferenceSublayer",
+    "TableSinusoidalPositionalEncoding",
     "RowBlockLinear",
     "fuse_self_attention",
     "optimize_for_cpu_inference",
     "restore_plain_modules",
     "row_block_product",
+    "use_inference_blocks",
 ]

@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from .cpu_inference import fuse_self_attention, restore_plain_modules
+from .cpu_inference import fuse_self_attention, restore_plain_modules, use_inference_blocks
 
 # The kernel itself: `torch.ops.quantized.linear_dynamic` checks its arguments for fake script objects in Python
 # on every call (about 6 us: 0.3 ms over the 49 products of a base-model decoding step); the overload's C++
@@ -73,6 +73,7 @@ def quantize_int8(model: nn.Module, inplace: bool = False, fuse_qkv: bool = True
     restore_plain_modules(target)  # quantize_dynamic matches nn.Linear by exact type
     if fuse_qkv:
         fuse_self_attention(target)
+    use_inference_blocks(target)
     with warnings.catch_warnings():
         # torch marks its eager-mode quantisation API as deprecated in favour of torchao, but it is the one
         # that ships with torch and its fbgemm/onednn int8 kernels are what this path needs.

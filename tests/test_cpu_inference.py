@@ -192,3 +192,27 @@ def test_translation_loading_takes_the_cpu_products_for_float32_on_the_cpu(tiny_
     assert type(fast.lm_head) is RowBlockLinear and type(plain.lm_head) is torch.nn.Linear
     kwargs = dict(num_beams=2, max_new_tokens=5)
     assert translate(fast, tokenizer, texts[:3], **kwargs) == translate(plain, tokenizer, texts[:3], **kwargs)
+
+
+def test_inference_blocks_compute_the_plain_blocks_and_keep_dropout_in_training(tiny_model):
+    from hf_vanilla_transformer.cpu_inference import (
+        InferenceFeedForward,
+        InferenceSublayer,
+        TableSinusoidalPositionalEncoding,
+        use_inference_blocks,
+    )
+
+    model = tiny_model(max_position_embeddings=8, dropout=0.3)
+    source = random_ids(2, 30)  # past max_position_embeddings: the table grows
+    with torch.no_grad():
+        expected = model(input_ids=source, decoder_input_ids=source).logits
+        use_inference_blocks(model)
+        kinds = {type(m) for m in model.modules()}
+        assert {InferenceSublayer, InferenceFeedForward, TableSinusoidalPositionalEncoding} <= kinds
+        torch.testing.assert_close(model(input_ids=source, decoder_input_ids=source).logits, expected)
+        model.train()
+        first = model(input_ids=source, decoder_input_ids=source).logits
+        second = model(input_ids=source, decoder_input_ids=source).logits
+    assert not torch.allclose(first, second)  # dropout still runs in training
+    restore_plain_modules(model)
+    assert not ({InferenceSublayer, InferenceFeedForward} & {type(m) for m in model.modules()})
