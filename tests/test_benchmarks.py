@@ -98,6 +98,21 @@ def test_a_baseline_commit_is_imported_beside_this_checkout():
         bench_models.load_baseline("no-such-ref")
 
 
+@pytest.mark.skipif(
+    subprocess.run(["git", "-C", str(BENCHMARKS), "rev-parse"], capture_output=True).returncode != 0,
+    reason="not a git checkout",
+)
+def test_decoding_ab_against_this_commit_times_every_case_with_the_same_tokens():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_decoding_ab.py"), "--quick", "--baseline", "HEAD", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if "new / baseline" in line]
+    assert [line.split(":")[0] for line in lines] == ["greedy b1", "beam4 b1", "greedy b16"]
+    assert all("same tokens fp32 True" in line for line in lines)  # the opt-in path decodes as the plain model
+
+
 def test_train_shapes_are_parsed_and_bad_ones_rejected(tmp_path):
     assert bench_models.parse_shapes("64x32x32,16x128x128:32000", 8000) == [(64, 32, 32, 8000), (16, 128, 128, 32000)]
     done = run_bench(tmp_path, "--train_shapes", "64x32", "--output", "")
