@@ -235,8 +235,9 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     """Swaps, in place, every plain `nn.Linear` of `model` for a `RowBlockLinear` over the same parameters, each
     self-attention for a `FusedQKVAttention` that keeps its three layers, and the residual blocks, feed-forward
     networks and sinusoids for inference versions without eval mode's per-step calls; returns the model: faster
-    greedy and small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses `train()`
-    until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left alone."""
+    greedy and small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses
+    `train()` until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left
+    alone."""
     _replace_linears(model, nn.Linear, RowBlockLinear)
     fuse_self_attention(model, keep_projections=True)
     use_inference_blocks(model)
