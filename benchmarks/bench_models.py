@@ -80,7 +80,6 @@ def vanilla_model(sizes: dict, vocab: int, attn: str = "sdpa", package=None):
         encoder_layers=sizes["layers"],
         decoder_layers=sizes["layers"],
         max_position_embeddings=512,
-        label_smoothing=0.0,
     )
     config._attn_implementation = attn
     return package.VanillaTransformerForConditionalGeneration(config)

@@ -80,7 +80,6 @@ def build_model(kind: str, overrides: dict, sizes: dict, tokenizer):
             "encoder_layers": sizes["layers"],
             "decoder_layers": sizes["layers"],
             "dropout": sizes["dropout"],
-            "label_smoothing": 0.0,  # the Trainer's label_smoothing_factor smooths, as it does for Marian
             **ids,
             **overrides,
         }

@@ -7,7 +7,7 @@ the weights (a saved folder then loads with `trust_remote_code=True` where this 
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from .configuration_vanilla_transformer import TABLE3, VanillaTransformerConfig, table3_config
+from .configuration_vanilla_transformer import TABLE3, VanillaTransformerConfig, table3_config, table3_training_arguments
 from .modeling_vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
@@ -30,4 +30,5 @@ __all__ = [
     "VanillaTransformerModel",
     "VanillaTransformerPreTrainedModel",
     "table3_config",
+    "table3_training_arguments",
 ]

@@ -7,6 +7,9 @@ the "big" model and `table3_config(row)` any row of Table 3.
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
 NORM_POSITIONS = ("post", "pre")
@@ -19,7 +22,12 @@ class VanillaTransformerConfig(PreTrainedConfig):
     Configuration of [`VanillaTransformerModel`] and [`VanillaTransformerForConditionalGeneration`].
 
     Sizes use the paper's names (§3): `d_model`, `d_ff`, `num_heads` (h), `d_k`, `d_v`. `d_k` and `d_v`
-    default to `d_model // num_heads` and may be set independently (Table 3 rows A and B).
+    default to `d_model // num_heads` (which must then divide evenly) and may be set independently (Table 3 rows
+    A and B).
+
+    The model's `loss` is plain cross-entropy, as in every transformers model. The paper's label smoothing
+    (epsilon_ls = 0.1, §5.4) is a training choice: the Trainer's `label_smoothing_factor`, which
+    `VanillaSeq2SeqTrainer` fuses into the model's chunked loss (see `table3_training_arguments` for rows D).
 
     Args:
         vocab_size: size of the shared source/target vocabulary (§3.4; the paper used about 37000).
@@ -45,7 +53,6 @@ class VanillaTransformerConfig(PreTrainedConfig):
             toolkits train this model) or "normal" (everything N(0, init_std)).
         init_std: standard deviation for `init_scheme="normal"`.
         layer_norm_eps: epsilon of every LayerNorm.
-        label_smoothing: epsilon_ls of the training loss (§5.4); Table 3 rows D vary it.
         chunked_loss: in training (`model.train()`, labels given, gradients on), compute the loss a block of
             target positions at a time, fused with the pre-softmax projection, so the (tokens x vocab) logits
             are never held whole: less memory and time. `outputs.logits` is then None; set False to get them.
@@ -82,7 +89,6 @@ class VanillaTransformerConfig(PreTrainedConfig):
     init_scheme: str = "xavier"
     init_std: float = 0.02
     layer_norm_eps: float = 1e-5
-    label_smoothing: float = 0.1
     chunked_loss: bool = True
     use_cache: bool = True
     is_encoder_decoder: bool = True
@@ -92,8 +98,22 @@ class VanillaTransformerConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = 1
 
     def __post_init__(self, **kwargs):
+        legacy_smoothing = kwargs.pop("label_smoothing", None)
+        if legacy_smoothing:  # written by versions whose model loss was label-smoothed
+            logger.warning(
+                f"This config sets label_smoothing={legacy_smoothing}, which the model no longer reads: its loss is "
+                "plain cross-entropy, as in every transformers model. Train with label smoothing through the "
+                "Trainer's label_smoothing_factor (hf-vanilla-train's recipes set 0.1)."
+            )
         # Derive the head sizes only from valid sizes; `_check` reports the invalid ones by name.
         derive = isinstance(self.d_model, int) and isinstance(self.num_heads, int) and self.num_heads > 0
+        if derive and (self.d_k is None or self.d_v is None) and self.d_model % self.num_heads:
+            unset = " and ".join(name for name in ("d_k", "d_v") if getattr(self, name) is None)
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide d_model={self.d_model}, so {unset} cannot default to "
+                f"d_model // num_heads. Choose a num_heads that divides d_model, or set {unset} explicitly "
+                "(the heads' total width may then differ from d_model, as in Table 3 rows A and B)."
+            )
         if self.d_k is None and derive:
             self.d_k = self.d_model // self.num_heads
         if self.d_v is None and derive:
@@ -108,7 +128,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
@@ -179,23 +199,40 @@ TABLE3 = {
     "C7": {"d_ff": 4096},
     "D1": {"dropout": 0.0},
     "D2": {"dropout": 0.2},
-    "D3": {"label_smoothing": 0.0},
-    "D4": {"label_smoothing": 0.2},
+    "D3": {},  # epsilon_ls = 0: a training value, see TABLE3_TRAINING
+    "D4": {},  # epsilon_ls = 0.2
     "E": {"position_embedding": "learned", "max_position_embeddings": 1024},
     "big": {"d_model": 1024, "d_ff": 4096, "num_heads": 16, "dropout": 0.3},
 }
+
+
+# What Table 3 varies in training rather than in the model, as the Trainer's arguments: epsilon_ls is 0.1 in every
+# row but D3 and D4 (§5.4).
+TABLE3_TRAINING = {row: {"label_smoothing_factor": 0.1} for row in TABLE3}
+TABLE3_TRAINING["D3"] = {"label_smoothing_factor": 0.0}
+TABLE3_TRAINING["D4"] = {"label_smoothing_factor": 0.2}
+
+
+def _check_row(row: str) -> None:
+    if row not in TABLE3:
+        raise ValueError(f"Unknown Table 3 row {row!r}; choose one of {', '.join(TABLE3)}.")
 
 
 def table3_config(row: str, **overrides) -> VanillaTransformerConfig:
     """A config for a row of Table 3 ("base", "A1".."A4", "B1", "B2", "C1".."C7", "D1".."D4", "E", "big").
 
     Rows are numbered top to bottom within each letter, as the table lists them. `overrides` (for example
-    `vocab_size`) are applied on top.
+    `vocab_size`) are applied on top. Rows D3 and D4 differ from the base model in training only:
+    `table3_training_arguments(row)` gives their label smoothing.
     """
-    if row not in TABLE3:
-        raise ValueError(f"Unknown Table 3 row {row!r}; choose one of {', '.join(TABLE3)}.")
-    values = {**TABLE3[row], **overrides}
-    return VanillaTransformerConfig(**values)
+    _check_row(row)
+    return VanillaTransformerConfig(**{**TABLE3[row], **overrides})
 
 
-__all__ = ["VanillaTransformerConfig", "TABLE3", "table3_config"]
+def table3_training_arguments(row: str) -> dict[str, float]:
+    """The Trainer arguments a row of Table 3 sets (its label smoothing epsilon_ls as `label_smoothing_factor`)."""
+    _check_row(row)
+    return dict(TABLE3_TRAINING[row])
+
+
+__all__ = ["VanillaTransformerConfig", "TABLE3", "TABLE3_TRAINING", "table3_config", "table3_training_arguments"]

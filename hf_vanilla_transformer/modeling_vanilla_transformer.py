@@ -7,6 +7,7 @@ and loss.py, so a saved model folder carries all three and loads with `trust_rem
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -16,8 +17,9 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.generation import GenerationMixin
+from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_flash_attention_utils import FlashAttentionKwargs
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -27,6 +29,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .loss import cross_entropy, linear_cross_entropy
@@ -67,6 +72,21 @@ def _check_labels(labels: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(
             f"labels hold token id {int(bad[0])}, outside the vocabulary [0, {vocab_size}) and not -100 (the id "
             "that marks positions without loss). Check that the tokenizer matches the model."
+        )
+
+
+# The keyword arguments a forward passes on to the attention kernels without reading them itself; any other name
+# it does not take is refused rather than silently ignored.
+ATTENTION_KWARGS = frozenset(FlashAttentionKwargs.__annotations__)
+RECORDING_KWARGS = frozenset({"output_attentions", "output_hidden_states"})  # read by transformers' output capturing
+
+
+def _check_kwargs(kwargs: dict, allowed: frozenset, where: str) -> None:
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(
+            f"{where}.forward() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}. It takes the "
+            f"arguments in its signature and the attention kernels' {', '.join(sorted(ATTENTION_KWARGS))}."
         )
 
 
@@ -177,7 +197,8 @@ class VanillaTransformerAttention(nn.Module):
     """§3.2.2: MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
     Self-attention when `key_value_states` is None, encoder-decoder attention otherwise. The kernel comes
-    from transformers' attention registry (config._attn_implementation: "sdpa", "eager", flash, flex).
+    from transformers' attention registry (config._attn_implementation: "sdpa", "eager", flash, flex); a call
+    that asks for the weights (`output_attentions=True`) runs the eager one, the kernel that returns them.
     """
 
     def __init__(self, config: VanillaTransformerConfig, is_causal: bool = False, layer_idx: int | None = None):
@@ -235,9 +256,8 @@ class VanillaTransformerAttention(nn.Module):
                     key, value = cross_cache.cross_attention_cache.update(key, value, self.layer_idx)
                     cross_cache.is_updated[self.layer_idx] = True
 
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, scaled_dot_product_attention
-        )
+        implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, scaled_dot_product_attention)
         output, weights = attention(
             self,
             query,
@@ -379,6 +399,18 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes the saved class's own entry in auto_map; name both model classes, so that the folder
+        # loads with AutoModel as well as AutoModelForSeq2SeqLM under trust_remote_code.
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.VanillaTransformerModel",
+                "AutoModelForSeq2SeqLM": f"{module}.VanillaTransformerForConditionalGeneration",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         # transformers gates every tie on `tie_word_embeddings`; here each of §3.4's two ties has its own
         # switch, so `_tied_weights_keys` (built from the config in __init__) is the whole answer.
@@ -390,13 +422,23 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
 # --- §3.1 The two stacks ---
 
 
-class VanillaTransformerStack(nn.Module):
+def _mask_config(config: VanillaTransformerConfig, output_attentions) -> VanillaTransformerConfig:
+    """The config the masks are built for: the eager kernel's when the weights are asked for, since the attention
+    then runs eager (an sdpa mask may be None, leaving causality to the kernel)."""
+    if not output_attentions or config._attn_implementation == "eager":
+        return config
+    eager = copy.copy(config)
+    eager._attn_implementation = "eager"
+    return eager
+
+
+class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
     """What both stacks share: the bottom of §3.4 + §3.5 (token embedding x sqrt(d_model), plus positions,
-    then dropout) and, for pre-norm, the final LayerNorm."""
+    then dropout) and, for pre-norm, the final LayerNorm. Hidden states and attention weights are recorded
+    from the layers by transformers' output capturing (`_can_record_outputs`) when asked for."""
 
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.embed_tokens = embed_tokens
         self.embed_positions = build_positions(config)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
@@ -423,24 +465,24 @@ class VanillaTransformerStack(nn.Module):
 class VanillaTransformerEncoder(VanillaTransformerStack):
     """§3.1: a stack of `encoder_layers` identical layers over the embedded source."""
 
+    _can_record_outputs = {"hidden_states": VanillaTransformerEncoderLayer, "attentions": VanillaTransformerAttention}
+
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__(config, embed_tokens)
         self.layers = nn.ModuleList(VanillaTransformerEncoderLayer(config) for _ in range(config.encoder_layers))
+        self.post_init()
 
+    # `**attention_kwargs`, not `**kwargs`: generate() passes an encoder whose forward takes `**kwargs` every model
+    # input it was given (labels included), and the names of this signature only otherwise.
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutput | tuple:
-        config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else config.return_dict
+        **attention_kwargs,
+    ) -> BaseModelOutput:
+        _check_kwargs(attention_kwargs, RECORDING_KWARGS | ATTENTION_KWARGS, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds to the encoder.")
         if input_ids is not None:
@@ -453,33 +495,35 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
 
         position_ids = positions_from_mask(attention_mask, 0, length, inputs_embeds.device)
         hidden_states = self.embed(inputs_embeds, position_ids, length)
-        mask = create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-
-        all_hidden, all_attentions = [], []  # references only: returned if asked for
-        for layer in self.layers:
-            all_hidden.append(hidden_states)
-            hidden_states, weights = layer(hidden_states, mask, **kwargs)
-            all_attentions.append(weights)
-        hidden_states = self.finish(hidden_states)
-        all_hidden.append(hidden_states)
-
-        output = BaseModelOutput(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+        mask = create_bidirectional_mask(
+            config=_mask_config(self.config, attention_kwargs.get("output_attentions")),
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
         )
-        return output if return_dict else output.to_tuple()
+        for layer in self.layers:
+            hidden_states, _ = layer(hidden_states, mask, **attention_kwargs)
+        return BaseModelOutput(last_hidden_state=self.finish(hidden_states))
 
 
 class VanillaTransformerDecoder(VanillaTransformerStack):
     """§3.1: a stack of `decoder_layers` layers; position i attends to target positions <= i and to the source."""
+
+    _can_record_outputs = {
+        "hidden_states": VanillaTransformerDecoderLayer,
+        "attentions": OutputRecorder(VanillaTransformerAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(VanillaTransformerAttention, index=1, layer_name="cross_attn"),
+    }
 
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__(config, embed_tokens)
         self.layers = nn.ModuleList(
             VanillaTransformerDecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)
         )
+        self.post_init()
 
+    @merge_with_config_defaults
+    @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -489,16 +533,9 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
-        config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else config.return_dict
-        use_cache = use_cache if use_cache is not None else config.use_cache
+        **attention_kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        _check_kwargs(attention_kwargs, RECORDING_KWARGS | ATTENTION_KWARGS, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of decoder_input_ids and decoder_inputs_embeds to the decoder.")
         if encoder_hidden_states is None:
@@ -514,7 +551,7 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
         _check_mask(encoder_attention_mask, tuple(encoder_hidden_states.shape[:2]), "attention_mask", "the source")
 
         if use_cache and cache is None:
-            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         past_length = cache.get_seq_length() if cache is not None else 0
         _check_mask(attention_mask, (batch, past_length + length), "decoder_attention_mask", "past + current targets")
 
@@ -523,36 +560,24 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
         if isinstance(max_length, torch.Tensor):  # a static cache counts on the device; its capacity bounds it
             max_length = cache.get_max_length(0)
         hidden_states = self.embed(inputs_embeds, position_ids, max_length)
+        mask_config = _mask_config(self.config, attention_kwargs.get("output_attentions"))
         self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         causal_mask = create_causal_mask(
-            config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
+            config=mask_config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
         )
         cross_mask = create_bidirectional_mask(
-            config=config,
+            config=mask_config,
             inputs_embeds=inputs_embeds,
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
-
-        all_hidden, all_attentions, all_cross = [], [], []  # references only: returned if asked for
         for layer in self.layers:
-            all_hidden.append(hidden_states)
-            hidden_states, self_weights, cross_weights = layer(
-                hidden_states, causal_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, cache=cache, **kwargs
+            hidden_states, _, _ = layer(
+                hidden_states, causal_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, cache=cache, **attention_kwargs
             )
-            all_attentions.append(self_weights)
-            all_cross.append(cross_weights)
-        hidden_states = self.finish(hidden_states)
-        all_hidden.append(hidden_states)
-
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
-            cache=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if output_attentions else None,
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=self.finish(hidden_states), cache=cache if use_cache else None
         )
-        return output if return_dict else output.to_tuple()
 
 
 # --- The model ---
@@ -563,14 +588,10 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
-        source_embed = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
-        target_embed = (
-            source_embed
-            if config.share_encoder_decoder_embeddings
-            else nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
-        )
-        self.encoder = VanillaTransformerEncoder(config, source_embed)
-        self.decoder = VanillaTransformerDecoder(config, target_embed)
+        # Two modules even when §3.4 shares them: the tie below makes them one parameter, and through it
+        # transformers knows which checkpoint key holds the embedding and reports it when it is missing.
+        self.encoder = VanillaTransformerEncoder(config, nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id))
+        self.decoder = VanillaTransformerDecoder(config, nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id))
         self._tied_weights_keys = (
             {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
             if config.share_encoder_decoder_embeddings
@@ -586,6 +607,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         if self.config.share_encoder_decoder_embeddings:
             self.decoder.set_input_embeddings(value)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -602,16 +624,16 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> Seq2SeqModelOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        _check_kwargs(kwargs, ATTENTION_KWARGS, type(self).__name__)
+        config = self.config
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        kwargs["output_attentions"] = output_attentions if output_attentions is not None else config.output_attentions
+        kwargs["output_hidden_states"] = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-                **kwargs,
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, return_dict=True, **kwargs
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
@@ -628,8 +650,6 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
             **kwargs,
         )
@@ -646,7 +666,33 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-# --- §3.4 The pre-softmax projection; §5.4 the label-smoothed training loss ---
+# --- §3.4 The pre-softmax projection, the training loss (§5.4), decoding (§6.1) ---
+
+
+def paper_generation_config(
+    config: VanillaTransformerConfig,
+    num_beams: int = 4,
+    length_penalty: float = 0.6,
+    max_new_tokens_beyond_source: int = 50,
+) -> GenerationConfig:
+    """§6.1's decoding: beam search with beam size 4 and length penalty alpha = 0.6, output up to source length + 50
+    (`max_new_tokens_beyond_source`, read by `generate`). Every model starts with it; a saved one keeps its own."""
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1 (1 is greedy search), got {num_beams!r}.")
+    # Length penalty and early stopping belong to beam search: with one beam transformers refuses to save them.
+    beam_options = {"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}
+    generation_config = GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        num_beams=num_beams,
+        max_new_tokens_beyond_source=max_new_tokens_beyond_source,
+        **beam_options,
+    )
+    generation_config.validate(strict=True)
+    return generation_config
+
 
 
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
@@ -662,6 +708,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             if config.share_encoder_decoder_embeddings:
                 ties["lm_head.weight"] = "model.encoder.embed_tokens.weight"
         self._tied_weights_keys = ties or None
+        self.generation_config = paper_generation_config(config)
         self.post_init()
 
     def get_encoder(self, modality: str | None = None):
@@ -697,6 +744,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -713,13 +761,19 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
         r"""
         labels: target token ids, -100 where no loss is wanted. Decoder inputs default to them shifted right.
         num_items_in_batch: number of target tokens in the whole (accumulated, all-rank) batch; the Trainer
             passes it so that gradient accumulation and several processes give the loss of one big batch.
+        label_smoothing: epsilon_ls of §5.4 for this loss; 0 (plain cross-entropy) by default, as in every
+            transformers model. `VanillaSeq2SeqTrainer` passes the Trainer's `label_smoothing_factor` here.
         """
+        _check_kwargs(kwargs, ATTENTION_KWARGS, type(self).__name__)
+        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             _check_labels(labels, self.lm_head.out_features)
@@ -746,14 +800,12 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(hidden_states.shape[:2])}.")
         if labels is not None and self.config.chunked_loss and self.training and torch.is_grad_enabled():
             # The logits are never held whole: see loss.py.
-            loss = linear_cross_entropy(
-                hidden_states, self.lm_head.weight, labels, self.config.label_smoothing, num_items_in_batch
-            )
+            loss = linear_cross_entropy(hidden_states, self.lm_head.weight, labels, label_smoothing, num_items_in_batch)
             return self._output(loss, None, outputs, return_dict)
         logits = self.lm_head(hidden_states)  # (batch, tgt_len, vocab)
         loss = None
         if labels is not None:
-            loss = cross_entropy(logits, labels, self.config.label_smoothing, num_items_in_batch)
+            loss = cross_entropy(logits, labels, label_smoothing, num_items_in_batch)
         return self._output(loss, logits, outputs, return_dict)
 
     @staticmethod
@@ -773,8 +825,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """`GenerationMixin.generate`, plus §6.1's length limit: when the generation config carries
-        `max_new_tokens_beyond_source` (the training code saves 50) and the call sets no length, at most
-        source length + that many tokens are generated."""
+        `max_new_tokens_beyond_source` (50 by default, see `paper_generation_config`) and the call sets no length,
+        at most source length + that many tokens are generated."""
         config = generation_config if generation_config is not None else self.generation_config
         extra = getattr(config, "max_new_tokens_beyond_source", None)
         source = inputs if inputs is not None else kwargs.get("input_ids")
@@ -790,6 +842,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
 
 __all__ = [
+    "paper_generation_config",
     "VanillaTransformerPreTrainedModel",
     "VanillaTransformerModel",
     "VanillaTransformerForConditionalGeneration",

@@ -4,6 +4,7 @@ schedule, beam-search evaluation with sacreBLEU, and checkpoints that a killed r
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -94,7 +95,11 @@ class NoUnscheduledFinalCheckpoint(TrainerCallback):
 
 
 class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
-    """`Seq2SeqTrainer` with the paper's batching and crash-safe checkpoints.
+    """`Seq2SeqTrainer` with the paper's batching, crash-safe checkpoints, and label smoothing in the model's loss.
+
+    `label_smoothing_factor` (epsilon_ls, §5.4) goes to the model's forward as `label_smoothing` in training when
+    the model takes one, so it is fused into the chunked loss (the Trainer's own label smoother needs every
+    logit); evaluation losses are then plain cross-entropy, the number perplexity comes from.
 
     max_tokens_per_batch: when set, training batches are packed by length up to this many padded source
         tokens and as many target tokens (§5.1), instead of a fixed number of sentences. Under several
@@ -119,9 +124,18 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
                 "dataset does not give up front; leave it unset to batch a stream by per_device_train_batch_size."
             )
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.label_smoothing = 0.0
+        forward = inspect.signature(self.accelerator.unwrap_model(self.model).forward).parameters
+        if self.label_smoother is not None and "label_smoothing" in forward:
+            self.label_smoothing, self.label_smoother = self.label_smoother.epsilon, None
         self.length_columns = (source_length_column, target_length_column)
         self.sentences_per_batch = None  # per device, on average over an epoch of token-budget batches
         self.add_callback(NoUnscheduledFinalCheckpoint)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.label_smoothing and "labels" in inputs and model.training:
+            inputs = {**inputs, "label_smoothing": self.label_smoothing}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.max_tokens_per_batch is None:

@@ -10,6 +10,7 @@ from hf_vanilla_transformer import (
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
     table3_config,
+    table3_training_arguments,
 )
 
 # --- Defaults: the base model of §3 ---
@@ -20,7 +21,8 @@ def test_defaults_are_the_papers_base_model():
     assert (config.d_model, config.d_ff, config.num_heads) == (512, 2048, 8)
     assert (config.d_k, config.d_v) == (64, 64)  # d_model / h (§3.2.2)
     assert (config.encoder_layers, config.decoder_layers) == (6, 6)
-    assert config.dropout == 0.1 and config.label_smoothing == 0.1  # §5.4
+    assert config.dropout == 0.1  # §5.4
+    assert table3_training_arguments("base") == {"label_smoothing_factor": 0.1}  # epsilon_ls, §5.4: a training value
     assert config.position_embedding == "sinusoidal"  # §3.5
     assert config.norm_position == "post"  # LayerNorm(x + Sublayer(x)), §3.1
     assert config.activation_function == "relu"  # max(0, .), §3.3
@@ -105,7 +107,7 @@ def test_non_positive_or_non_integer_sizes_are_rejected(field, value):
         VanillaTransformerConfig(**{field: value})
 
 
-@pytest.mark.parametrize("field", ["dropout", "attention_dropout", "activation_dropout", "label_smoothing"])
+@pytest.mark.parametrize("field", ["dropout", "attention_dropout", "activation_dropout"])
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, "0.1"])
 def test_probabilities_outside_zero_one_are_rejected(field, value):
     with pytest.raises(ValueError) as error:
@@ -114,7 +116,7 @@ def test_probabilities_outside_zero_one_are_rejected(field, value):
     assert field in message and repr(value) in message and "[0, 1)" in message
 
 
-@pytest.mark.parametrize("field", ["dropout", "label_smoothing"])
+@pytest.mark.parametrize("field", ["dropout", "attention_dropout"])
 def test_probability_edges_inside_the_range_are_accepted(field):
     assert getattr(VanillaTransformerConfig(**{field: 0.0}), field) == 0.0
     assert getattr(VanillaTransformerConfig(**{field: 0.999}), field) == 0.999
@@ -231,7 +233,8 @@ def test_table3_row_is_the_papers_row(row):
     n, d_model, d_ff, h, d_k, d_v, p_drop, eps_ls, positions = PAPER_TABLE3[row]
     assert (config.encoder_layers, config.decoder_layers) == (n, n)
     assert (config.d_model, config.d_ff, config.num_heads, config.d_k, config.d_v) == (d_model, d_ff, h, d_k, d_v)
-    assert (config.dropout, config.label_smoothing, config.position_embedding) == (p_drop, eps_ls, positions)
+    assert (config.dropout, config.position_embedding) == (p_drop, positions)
+    assert table3_training_arguments(row) == {"label_smoothing_factor": eps_ls}
     assert table3_config(row, vocab_size=123).vocab_size == 123
 
 

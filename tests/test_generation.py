@@ -36,7 +36,7 @@ def model():
     torch.manual_seed(0)
     config = VanillaTransformerConfig(
         vocab_size=40, d_model=32, d_ff=64, num_heads=4, encoder_layers=2, decoder_layers=2, dropout=0.0,
-        label_smoothing=0.0, max_position_embeddings=64, pad_token_id=PAD, bos_token_id=START, eos_token_id=EOS,
+        max_position_embeddings=64, pad_token_id=PAD, bos_token_id=START, eos_token_id=EOS,
         decoder_start_token_id=START,
     )
     model = VanillaTransformerForConditionalGeneration(config)
@@ -242,7 +242,7 @@ def test_sampling_is_reproducible_and_valid(model, sources):
     source, mask = sources
     kwargs = dict(
         input_ids=source, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=True, top_k=10, top_p=0.95,
-        temperature=2.0,
+        temperature=2.0, num_beams=1,  # every model's default is §6.1's beam 4; this is plain sampling
     )
     runs = {}
     for seed in (0, 0, 1, 2):
@@ -259,7 +259,9 @@ def test_sampling_is_reproducible_and_valid(model, sources):
 def test_top_k_one_sampling_is_greedy(model, sources):
     source, mask = sources
     torch.manual_seed(0)
-    sampled = model.generate(input_ids=source, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=True, top_k=1)
+    sampled = model.generate(
+        input_ids=source, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=True, top_k=1, num_beams=1
+    )
     assert torch.equal(sampled, greedy(model, source, mask))
 
 
@@ -312,6 +314,7 @@ def test_generate_compiles_decoding_as_one_graph(model, sources):
     config = GenerationConfig.from_model_config(model.config)
     config.compile_config = CompileConfig(backend=recording_backend, fullgraph=True, mode=None)
     config.compile_config._compile_all_devices = True
+    config.num_beams = 1  # greedy, as `expected`; unset values come from the model's beam-4 default
     out = _copy(model).generate(
         input_ids=source, attention_mask=mask, generation_config=config, max_new_tokens=MAX_NEW, do_sample=False,
         cache_implementation="static",

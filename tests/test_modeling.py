@@ -479,19 +479,26 @@ def reference_smoothed_loss(logits, labels, epsilon):
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_loss_is_label_smoothed_cross_entropy_ignoring_minus_100(tiny_model, label_smoothing):
-    model = tiny_model(label_smoothing=label_smoothing)
+    model = tiny_model()
     source, labels = random_ids(2, 6), random_ids(2, 5, seed=1)
     labels[1, 3:] = -100
-    out = model(input_ids=source, labels=labels)
+    out = model(input_ids=source, labels=labels, label_smoothing=label_smoothing)
     total, count = reference_smoothed_loss(out.logits, labels, label_smoothing)
     assert count == 8
     torch.testing.assert_close(out.loss.double(), total / count, atol=1e-5, rtol=0)
 
     # num_items_in_batch (all target tokens of an accumulated batch) turns the mean into sum / num_items.
-    summed = model(input_ids=source, labels=labels, num_items_in_batch=20).loss
+    summed = model(input_ids=source, labels=labels, num_items_in_batch=20, label_smoothing=label_smoothing).loss
     torch.testing.assert_close(summed.double(), total / 20, atol=1e-5, rtol=0)
-    summed = model(input_ids=source, labels=labels, num_items_in_batch=torch.tensor(20)).loss
+    summed = model(
+        input_ids=source, labels=labels, num_items_in_batch=torch.tensor(20), label_smoothing=label_smoothing
+    ).loss
     torch.testing.assert_close(summed.double(), total / 20, atol=1e-5, rtol=0)
+
+
+def test_label_smoothing_outside_0_1_is_refused(tiny_model):
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\), got 1.5"):
+        tiny_model()(input_ids=random_ids(1, 3), labels=random_ids(1, 3), label_smoothing=1.5)
 
 
 def test_training_loss_skips_the_logits_and_keeps_loss_and_gradients(tiny_model):
@@ -499,8 +506,8 @@ def test_training_loss_skips_the_logits_and_keeps_loss_and_gradients(tiny_model)
     labels[0, 3:] = -100
 
     def run(chunked: bool, num_items=None):
-        model = tiny_model(chunked_loss=chunked, label_smoothing=0.1).train()
-        out = model(input_ids=source, labels=labels, num_items_in_batch=num_items)
+        model = tiny_model(chunked_loss=chunked).train()
+        out = model(input_ids=source, labels=labels, num_items_in_batch=num_items, label_smoothing=0.1)
         out.loss.backward()
         return out, {name: p.grad for name, p in model.named_parameters()}
 

@@ -28,13 +28,13 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
-    GenerationConfig,
     HfArgumentParser,
     Seq2SeqTrainingArguments,
     set_seed,
 )
 
-from hf_vanilla_transformer import VanillaTransformerConfig, table3_config
+from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, table3_training_arguments
+from hf_vanilla_transformer.modeling_vanilla_transformer import paper_generation_config
 from hf_vanilla_transformer.data import (
     SOURCE_LANG,
     TARGET_LANG,
@@ -42,6 +42,7 @@ from hf_vanilla_transformer.data import (
     load_parallel_data,
     preprocess_dataset,
 )
+from hf_vanilla_transformer.model_card import write_run_card
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import (
     STAGING_DIR,
@@ -301,7 +302,6 @@ def build_model(model_args: ModelArguments, training_args, tokenizer):
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "decoder_start_token_id": tokenizer.bos_token_id,
-        "label_smoothing": training_args.label_smoothing_factor,
         **parse_overrides(model_args.config_overrides),
     }
     missing = [k for k in ("pad_token_id", "bos_token_id", "eos_token_id") if values[k] is None]
@@ -350,25 +350,20 @@ def resolve_schedule(recipe_args: RecipeArguments, training_args, d_model: int, 
         logger.info("Learning rate peak %.3g (d_model^-0.5 * warmup^-0.5, §5.3).", training_args.learning_rate)
 
 
-def paper_generation_config(model, recipe_args: RecipeArguments) -> GenerationConfig:
-    config = model.config
-    if recipe_args.num_beams < 1:
-        raise ValueError(f"--num_beams must be at least 1 (1 is greedy search), got {recipe_args.num_beams}.")
-    # Length penalty and early stopping belong to beam search: with num_beams=1 transformers refuses to save them.
-    beam_options = {"length_penalty": recipe_args.length_penalty, "early_stopping": True}
-    if recipe_args.num_beams == 1:
-        beam_options = {}
-    generation_config = GenerationConfig(
-        decoder_start_token_id=config.decoder_start_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-        num_beams=recipe_args.num_beams,
-        max_new_tokens_beyond_source=recipe_args.max_new_tokens_beyond_source,
-        **beam_options,
-    )
-    generation_config.validate(strict=True)  # now, not at the first checkpoint
-    return generation_config
+def resolve_label_smoothing(model_args: ModelArguments, training_args, given: set[str]) -> None:
+    """Table 3 rows D3 and D4 set epsilon_ls (§5.4), a training value: it wins over the recipe's, and the command
+    line's --label_smoothing_factor wins over both."""
+    row_value = table3_training_arguments(model_args.preset)["label_smoothing_factor"]
+    if row_value == table3_training_arguments("base")["label_smoothing_factor"] or model_args.model_name_or_path:
+        return
+    if "label_smoothing_factor" in given:
+        logger.info(
+            "--label_smoothing_factor %g given: Table 3 row %s's epsilon_ls %g is not used.",
+            training_args.label_smoothing_factor, model_args.preset, row_value,
+        )  # fmt: skip
+        return
+    training_args.label_smoothing_factor = row_value
+    logger.info("Label smoothing %g (Table 3 row %s).", row_value, model_args.preset)
 
 
 def save_final(trainer, tokenizer, output_dir: str) -> None:
@@ -413,9 +408,13 @@ def run(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="tokenizer"):
         tokenizer = build_tokenizer(model_args, raw["train"], source_lang, target_lang, data_args.streaming)
     model = build_model(model_args, training_args, tokenizer)
-    training_args.label_smoothing_factor = 0.0  # the model applies config.label_smoothing itself
+    resolve_label_smoothing(model_args, training_args, command_line_names(argv))
     resolve_schedule(recipe_args, training_args, model.config.d_model, command_line_names(argv))
-    model.generation_config = paper_generation_config(model, recipe_args)
+    if recipe_args.num_beams < 1:
+        raise ValueError(f"--num_beams must be at least 1 (1 is greedy search), got {recipe_args.num_beams}.")
+    model.generation_config = paper_generation_config(
+        model.config, recipe_args.num_beams, recipe_args.length_penalty, recipe_args.max_new_tokens_beyond_source
+    )
 
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
     raw = type(raw)({k: _limit(v, limits.get(k)) for k, v in raw.items()})  # a DatasetDict or IterableDatasetDict
@@ -487,6 +486,10 @@ def run(argv: list[str] | None = None) -> dict:
     results["total_seconds"] = round(time.time() - started, 1)
     if training_args.should_save:
         trainer.save_metrics("all", results, combined=False)
+        write_run_card(
+            trainer, model_args=model_args, data_args=data_args, recipe_args=recipe_args, raw=raw, stats=stats,
+            results=results, source_lang=source_lang, target_lang=target_lang,
+        )  # fmt: skip
         print("\nFinal scores:", json.dumps({k: v for k, v in results.items() if not k.endswith("signature")}, indent=2))
         if "test_bleu_signature" in results:
             print("sacreBLEU signature:", results["test_bleu_signature"])

@@ -15,7 +15,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerState
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
-from hf_vanilla_transformer.cli.train import command_line_names, load_recipe, main, parse_args, resolve_schedule, run
+from hf_vanilla_transformer.cli.train import (
+    command_line_names,
+    load_recipe,
+    main,
+    parse_args,
+    resolve_label_smoothing,
+    resolve_schedule,
+    run,
+)
 from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import last_complete_checkpoint
@@ -284,6 +292,17 @@ def test_paper_big_builds_on_paper():
     assert training_args.do_train and training_args.warmup_steps == 4000  # the paper recipe's
     assert recipe_args.paper_learning_rate and recipe_args.max_tokens_per_batch == 4096
     assert training_args.adam_beta2 == 0.98 and training_args.label_smoothing_factor == 0.1
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [([], 0.1), (["--preset", "D3"], 0.0), (["--preset", "D4"], 0.2), (["--preset", "D4", "--label_smoothing_factor", "0.05"], 0.05)],
+)
+def test_label_smoothing_is_the_trainers_factor_from_the_recipe_or_the_table3_row(extra, expected):
+    argv = ["--recipe", "paper", "--train_file", "x.jsonl", *extra]
+    model_args, _, _, training_args = parse_args(argv)
+    resolve_label_smoothing(model_args, training_args, command_line_names(argv))
+    assert training_args.label_smoothing_factor == expected
 
 
 def test_recipes_that_name_each_other_in_a_loop_are_refused(tmp_path):
