@@ -100,8 +100,9 @@ class FusedQKVAttention(VanillaTransformerAttention):
     Without it (the int8 path) they are dropped, and `qkv_proj` is quantised with the other layers."""
 
     @classmethod
-    def from_attention(cls, attention: VanillaTransformerAttention, keep_projections: bool = False):
-        fused = cls(attention.config, is_causal=attention.is_causal, layer_idx=attention.layer_idx).eval()
+    def fuse(cls, attention: VanillaTransformerAttention, keep_projections: bool = False) -> FusedQKVAttention:
+        """Turns `attention` itself into a fused one: the same module object, so hooks on it (transformers' output
+        capturing, a user's) stay. `unfuse` turns it back when the three layers were kept."""
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         weight = attention.q_proj.weight
         stacked = (RowBlockLinear if keep_projections else nn.Linear)(
@@ -111,14 +112,21 @@ class FusedQKVAttention(VanillaTransformerAttention):
             stacked.weight.copy_(torch.cat([p.weight for p in projections]))
             stacked.bias.copy_(torch.cat([p.bias for p in projections]))
         stacked.requires_grad_(False)
-        fused.qkv_proj = stacked
+        attention.__class__ = cls
+        attention.train(False)
+        attention.qkv_proj = stacked
         if keep_projections:
-            fused.q_proj, fused.k_proj, fused.v_proj = projections
-            fused.register_state_dict_post_hook(_drop_stacked_weights)
+            attention.__dict__["_drop_stacked"] = attention.register_state_dict_post_hook(_drop_stacked_weights)
         else:
-            del fused.q_proj, fused.k_proj, fused.v_proj  # self-attention no longer calls them
-        fused.out_proj = attention.out_proj
-        return fused
+            del attention.q_proj, attention.k_proj, attention.v_proj  # self-attention no longer calls them
+        return attention
+
+    def unfuse(self, training: bool) -> VanillaTransformerAttention:
+        """The plain self-attention over the three kept layers, in place."""
+        self.__dict__.pop("_drop_stacked").remove()
+        del self.qkv_proj
+        self.__class__ = VanillaTransformerAttention
+        return self.train(training)
 
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if torch.is_grad_enabled() and "q_proj" in self._modules:
@@ -226,7 +234,7 @@ def fuse_self_attention(model: nn.Module, keep_projections: bool = False) -> int
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         if not all(type(p) in (nn.Linear, RowBlockLinear) and p.bias is not None for p in projections):
             continue  # wrapped (say, by an adapter) or without bias: left as three products
-        layer.self_attn = FusedQKVAttention.from_attention(attention, keep_projections)
+        FusedQKVAttention.fuse(attention, keep_projections)
         swapped += 1
     return swapped
 
@@ -250,10 +258,7 @@ def restore_plain_modules(model: nn.Module) -> nn.Module:
     for layer in model.modules():
         attention = getattr(layer, "self_attn", None)
         if isinstance(attention, FusedQKVAttention) and "q_proj" in attention._modules:
-            plain = VanillaTransformerAttention(attention.config, attention.is_causal, attention.layer_idx)
-            for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-                setattr(plain, name, getattr(attention, name))
-            layer.self_attn = plain.train(layer.training)
+            attention.unfuse(layer.training)
     _replace_linears(model, RowBlockLinear, nn.Linear)
     _swap_classes(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
     return model

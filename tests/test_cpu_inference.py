@@ -177,6 +177,29 @@ def test_fused_self_attention_gives_the_plain_models_outputs_and_refuses_trainin
         model.train()
 
 
+def test_attention_weights_and_hidden_states_are_still_recorded_after_optimizing(tiny_model):
+    # transformers' output capturing hooks the attention modules the first time weights are asked for; the swaps
+    # must keep those modules (and so the hooks), before as after, and in the int8 copy.
+    from hf_vanilla_transformer.quantization import quantize_int8
+
+    model = tiny_model()
+    source, target = random_ids(2, 6), random_ids(2, 4, seed=1)
+    kwargs = dict(input_ids=source, decoder_input_ids=target, output_attentions=True, output_hidden_states=True)
+    with torch.no_grad():
+        expected = model(**kwargs)
+        optimize_for_cpu_inference(model)
+        optimized = model(**kwargs)
+        int8 = quantize_int8(model)(**kwargs)
+    layers = model.config.encoder_layers
+    for name in ("encoder_attentions", "decoder_attentions", "cross_attentions"):
+        assert len(getattr(optimized, name)) == len(getattr(int8, name)) == layers, name
+        for got, want in zip(getattr(optimized, name), getattr(expected, name)):
+            torch.testing.assert_close(got, want)
+    assert len(optimized.decoder_hidden_states) == len(int8.decoder_hidden_states) == layers + 1
+    restore_plain_modules(model)
+    assert len(model(**kwargs).decoder_attentions) == layers
+
+
 def test_translation_loading_takes_the_cpu_products_for_float32_on_the_cpu(tiny_model, tmp_path):
     from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
     from hf_vanilla_transformer.translation import load_translation_model, translate
