@@ -1,13 +1,21 @@
 """int8 inference: every linear layer quantised, outputs close to fp32, the fp32 model left alone."""
 
+import json
 import warnings
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
+from transformers import AutoModelForSeq2SeqLM
 
 from hf_vanilla_transformer.cpu_inference import FusedQKVAttention
-from hf_vanilla_transformer.quantization import Int8Linear, quantize_int8
+from hf_vanilla_transformer.quantization import (
+    Int8Linear,
+    Int8VanillaTransformerForConditionalGeneration,
+    load_int8,
+    quantize_int8,
+)
 
 
 def _linear_types(model):
@@ -39,13 +47,56 @@ def test_int8_linear_gives_torchs_dynamic_int8_layer_bit_for_bit(bias):
     assert not torch.allclose(ours(x), layer(x), rtol=0, atol=1e-6)
 
 
-def test_a_quantized_model_refuses_to_save_and_writes_nothing(tiny_model, tmp_path):
-    quantized = quantize_int8(tiny_model(d_model=32, d_ff=64, num_heads=4))
-    with pytest.raises(RuntimeError, match="Save the fp32 model instead"):
-        quantized.save_pretrained(tmp_path / "int8")
-    assert not (tmp_path / "int8").exists()
-    with pytest.raises(RuntimeError, match="is an int8 layer, which has no weights to save"):
-        quantized.state_dict()
+@pytest.mark.parametrize("fuse_qkv", [True, False])
+def test_an_int8_model_saves_and_loads_to_the_same_numbers(tiny_model, tmp_path, fuse_qkv):
+    quantized = quantize_int8(tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100), fuse_qkv=fuse_qkv)
+    source = torch.randint(4, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = quantized(input_ids=source, decoder_input_ids=source).logits
+        tokens = quantized.generate(input_ids=source, max_new_tokens=6, num_beams=2)
+    quantized.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    assert stored["lm_head.weight"].dtype == torch.int8 and stored["lm_head.weight_scale"].shape == (100,)
+    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"]["quant_method"] == "vanilla_int8"
+    reloaded = load_int8(tmp_path)
+    assert type(reloaded) is Int8VanillaTransformerForConditionalGeneration and not reloaded.training
+    assert _linear_types(reloaded) == {Int8Linear}
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=source, decoder_input_ids=source).logits, logits)  # bit for bit
+        assert torch.equal(reloaded.generate(input_ids=source, max_new_tokens=6, num_beams=2), tokens)
+    assert reloaded.generation_config.num_beams == quantized.generation_config.num_beams
+
+
+def test_an_int8_folder_refuses_from_pretrained_and_a_plain_folder_refuses_load_int8(tiny_model, tmp_path):
+    model = tiny_model(d_model=32, d_ff=64, num_heads=4)
+    quantize_int8(model).save_pretrained(tmp_path / "int8")
+    with pytest.raises(ValueError, match=r"load it with hf_vanilla_transformer.quantization.load_int8"):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+    model.save_pretrained(tmp_path / "fp32")
+    with pytest.raises(ValueError, match="holds no int8 model saved by quantize_int8"):
+        load_int8(tmp_path / "fp32")
+
+
+def test_an_int8_model_reports_its_int8_weights_and_refuses_training(tiny_model):
+    model = tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100)
+    quantized = quantize_int8(model)
+    # Every value the fp32 model holds, plus the output layer's own copy of the (tied) embedding.
+    assert quantized.num_parameters() == model.num_parameters() + 100 * 64
+    int8_layers = [m for m in quantized.modules() if isinstance(m, Int8Linear)]
+    int8_bytes = sum(m.out_features * (m.in_features + 8 + 4 * m.has_bias) for m in int8_layers)
+    float_bytes = sum(p.numel() * 4 for p in quantized.parameters())
+    assert quantized.get_memory_footprint() == float_bytes + int8_bytes < model.get_memory_footprint() / 2
+    with pytest.raises(RuntimeError, match="cannot train"):
+        quantized.train()
+
+
+def test_a_bfloat16_model_is_quantised_from_float32(tiny_model):
+    model = tiny_model(d_model=64, d_ff=128, num_heads=4).to(torch.bfloat16)
+    quantized = quantize_int8(model)
+    assert _linear_types(quantized) == {Int8Linear} and quantized.model.encoder.embed_tokens.weight.dtype == torch.float32
+    source = torch.randint(4, 40, (2, 6), generator=torch.Generator().manual_seed(3))
+    assert quantized.generate(input_ids=source, max_new_tokens=4, num_beams=1).shape == (2, 5)
+    assert model.lm_head.weight.dtype == torch.bfloat16  # a copy was converted
 
 
 def test_int8_logits_stay_close_to_fp32(tiny_model):
