@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import GenerationConfig
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
@@ -180,7 +181,6 @@ def load_int8(folder: str) -> Int8VanillaTransformerForConditionalGeneration:
     return model
 
 
-@register_quantization_config(QUANT_METHOD)
 class VanillaInt8Config(QuantizationConfigMixin):
     """What an int8 folder's config.json says about its weights; transformers reads it when `from_pretrained` is
     pointed at such a folder, and the quantizer below then says to use `load_int8`."""
@@ -190,7 +190,6 @@ class VanillaInt8Config(QuantizationConfigMixin):
         self.fuse_qkv = fuse_qkv
 
 
-@register_quantizer(QUANT_METHOD)
 class VanillaInt8Quantizer(HfQuantizer):
     requires_calibration = False
 
@@ -206,6 +205,13 @@ class VanillaInt8Quantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+# Once per process: a second copy of this package (say, an older commit a benchmark imports) finds them registered.
+if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+    register_quantization_config(QUANT_METHOD)(VanillaInt8Config)
+if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+    register_quantizer(QUANT_METHOD)(VanillaInt8Quantizer)
 
 
 def quantize_int8(model: nn.Module, inplace: bool = False, fuse_qkv: bool = True) -> nn.Module:
