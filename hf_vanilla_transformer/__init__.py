@@ -2,10 +2,13 @@
 
 Importing the package registers the config and models with `AutoConfig`, `AutoModel` and
 `AutoModelForSeq2SeqLM`, and marks them so that `save_pretrained` writes `auto_map` and the code beside
-the weights (a saved folder then loads with `trust_remote_code=True` where this package is not installed).
+the weights (a saved folder then loads with `trust_remote_code=True` where this package is not installed). It also
+registers the `translation` and `text2text-generation` pipelines, which transformers 5 removed, with transformers'
+pipeline registry; `hf_vanilla_transformer.pipeline` is `transformers.pipeline` with those two tasks.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_vanilla_transformer import TABLE3, VanillaTransformerConfig, table3_config, table3_training_arguments
 from .modeling_vanilla_transformer import (
@@ -13,6 +16,8 @@ from .modeling_vanilla_transformer import (
     VanillaTransformerModel,
     VanillaTransformerPreTrainedModel,
 )
+from .pipeline_vanilla_transformer import PIPELINES, Text2TextGenerationPipeline, TranslationPipeline
+from .translation import pipeline
 
 AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
 AutoModel.register(VanillaTransformerConfig, VanillaTransformerModel, exist_ok=True)
@@ -20,15 +25,21 @@ AutoModelForSeq2SeqLM.register(VanillaTransformerConfig, VanillaTransformerForCo
 VanillaTransformerConfig.register_for_auto_class()
 VanillaTransformerModel.register_for_auto_class("AutoModel")
 VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+for _task, _class in PIPELINES.items():
+    PIPELINE_REGISTRY.register_pipeline(_task, pipeline_class=_class, pt_model=AutoModelForSeq2SeqLM, type="text")
+del _task, _class
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TABLE3",
+    "Text2TextGenerationPipeline",
+    "TranslationPipeline",
     "VanillaTransformerConfig",
     "VanillaTransformerForConditionalGeneration",
     "VanillaTransformerModel",
     "VanillaTransformerPreTrainedModel",
+    "pipeline",
     "table3_config",
     "table3_training_arguments",
 ]

@@ -409,6 +409,14 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 "AutoModel": f"{module}.VanillaTransformerModel",
                 "AutoModelForSeq2SeqLM": f"{module}.VanillaTransformerForConditionalGeneration",
             }
+        if self._auto_class is not None and self.can_generate():
+            # The translation and text2text-generation pipelines, named in config.json's custom_pipelines; transformers
+            # copies their file beside this one (a relative import of it), so `pipeline("translation", model=folder,
+            # trust_remote_code=True)` runs them where this package is not installed.
+            from .pipeline_vanilla_transformer import custom_pipelines
+
+            saved = getattr(self.config, "custom_pipelines", None) or {}
+            self.config.custom_pipelines = {**saved, **custom_pipelines()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:

@@ -1,12 +1,18 @@
-"""Translate with a trained model folder: batched `generate()` with the paper's decoding by default."""
+"""Translate with a trained model folder: batched `generate()` with the paper's decoding by default, through the
+`translation` pipeline (`pipeline_vanilla_transformer.TranslationPipeline`); `pipeline()` gives that pipeline as
+`transformers.pipeline("translation")` gave it in transformers 4."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from .pipeline_vanilla_transformer import TranslationPipeline, custom_pipelines
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +64,10 @@ def translate(
     """Translations of `sentences`, in order (a list of alternatives per sentence when
     `num_return_sequences` > 1).
 
-    Sentences are batched by length so little padding is computed; `generate_kwargs` go to
-    `model.generate` (num_beams, length_penalty, do_sample, top_k, top_p, max_new_tokens, ...); what is not
-    given comes from the model's generation_config (the training code saves beam 4, length penalty 0.6).
+    The sentences go through `TranslationPipeline`, the code of `pipeline("translation")`, sorted by length so that
+    its batches hold little padding; `generate_kwargs` go to `model.generate` (num_beams, length_penalty, do_sample,
+    top_k, top_p, max_new_tokens, ...); what is not given comes from the model's generation_config (the training code
+    saves beam 4, length penalty 0.6).
     """
     if isinstance(sentences, str):
         raise TypeError("translate() takes a list of sentences; wrap a single sentence in a list.")
@@ -68,16 +75,45 @@ def translate(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     sentences = list(sentences)
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-    per_sentence = generate_kwargs.get("num_return_sequences") or 1
+    device = None if getattr(model, "hf_device_map", None) else model.device  # a device map places the model itself
+    translator = TranslationPipeline(model=model, tokenizer=tokenizer, device=device, batch_size=batch_size)
+    # A generator in, so that the results come out batch by batch, for the progress bar.
+    outputs = translator((sentences[i] for i in order), **generate_kwargs)
     results: list = [None] * len(sentences)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="Translating", disable=not progress, unit="batch"):
-        indices = order[start : start + batch_size]
-        batch = tokenizer([sentences[i] for i in indices], return_tensors="pt", padding=True)
-        batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        output = model.generate(**batch, **generate_kwargs)
-        texts = [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
-        for n, i in enumerate(indices):
-            group = texts[n * per_sentence : (n + 1) * per_sentence]
-            results[i] = group if per_sentence > 1 else group[0]
+    bar = tqdm(outputs, total=len(order), desc="Translating", disable=not progress, unit="sentence")
+    for records, i in zip(bar, order):  # the bar first, so that it sees the end
+        texts = [record["translation_text"].strip() for record in records]
+        results[i] = texts if len(texts) > 1 else texts[0]
     return results
+
+
+def pipeline(task: str | None = None, model=None, config=None, pipeline_class=None, **kwargs):
+    """`transformers.pipeline`, which here also takes `"translation"` (and `"translation_xx_to_yy"`) and
+    `"text2text-generation"`: transformers 5 refuses those names before it reads its registry.
+
+    For them it calls `transformers.pipeline` with the pipeline class registered for the task and a copy of the
+    model's config whose `custom_pipelines` names the task, the route transformers takes for a model's own pipeline,
+    so every other argument (`tokenizer`, `device`, `device_map`, `dtype`, `batch_size`, `model_kwargs`, generate
+    keyword arguments) means what it means there. Other tasks go to `transformers.pipeline` unchanged.
+    """
+    from transformers import AutoConfig
+    from transformers import pipeline as transformers_pipeline
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    name = "translation" if isinstance(task, str) and task.startswith("translation_") else task
+    entries = custom_pipelines()
+    if name not in entries:
+        return transformers_pipeline(task, model=model, config=config, pipeline_class=pipeline_class, **kwargs)
+    if model is None:
+        raise ValueError(f"pipeline({task!r}) needs a model: a folder, a Hub id or a model object.")
+    if pipeline_class is None:
+        pipeline_class = PIPELINE_REGISTRY.check_task(name)[1]["impl"]
+    if config is None and not isinstance(model, (str, os.PathLike)):
+        config = model.config
+    if config is None or isinstance(config, (str, os.PathLike)):
+        hub = ("revision", "token", "trust_remote_code", "local_files_only")
+        hub_kwargs = {key: kwargs[key] for key in hub if key in kwargs}
+        config = AutoConfig.from_pretrained(config or model, **hub_kwargs, **(kwargs.get("model_kwargs") or {}))
+    config = copy.copy(config)  # the caller's config (and model.config) stay as they are
+    config.custom_pipelines = {**(getattr(config, "custom_pipelines", None) or {}), task: entries[name]}
+    return transformers_pipeline(task, model=model, config=config, pipeline_class=pipeline_class, **kwargs)

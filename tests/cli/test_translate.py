@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import hf_vanilla_transformer.cli.translate as translate_cli
+from hf_vanilla_transformer import pipeline
 from hf_vanilla_transformer.translation import translate
 
 SENTENCES = ["the old farmer sees a red boat", "every forest runs", "my dog sleeps near the river"]
@@ -64,3 +65,10 @@ def test_translate_errors(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     with pytest.raises(SystemExit, match="no sentences to translate"):
         translate_cli.run([str(run_dir)])
+
+
+def test_translate_prints_what_the_translation_pipeline_gives(run_dir, capsys):
+    by_length = sorted(SENTENCES, key=len)  # the command batches by length; one batch of 32 here
+    printed = translate_cli.run([str(run_dir), *by_length, "--device", "cpu"])
+    translator = pipeline("translation", model=str(run_dir), device="cpu", batch_size=32)
+    assert [r["translation_text"].strip() for r in translator(by_length)] == printed
