@@ -17,6 +17,7 @@ from .modeling_vanilla_transformer import (
     VanillaTransformerPreTrainedModel,
 )
 from .pipeline_vanilla_transformer import PIPELINES, Text2TextGenerationPipeline, TranslationPipeline
+from .quantization import load_int8, quantize_int8  # also registers the int8 folders' quantization config
 from .translation import pipeline
 
 AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
@@ -39,7 +40,9 @@ __all__ = [
     "VanillaTransformerForConditionalGeneration",
     "VanillaTransformerModel",
     "VanillaTransformerPreTrainedModel",
+    "load_int8",
     "pipeline",
+    "quantize_int8",
     "table3_config",
     "table3_training_arguments",
 ]

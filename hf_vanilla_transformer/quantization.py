@@ -156,13 +156,24 @@ def _deduplicated(state_dict: dict) -> dict:
     return kept
 
 
-def load_int8(folder: str) -> Int8VanillaTransformerForConditionalGeneration:
-    """A model saved by an int8 model's `save_pretrained`, ready to decode on the CPU."""
+def _quantization_config(folder) -> dict:
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
-        raise ValueError(f"{folder} has no config.json: it is not a saved model folder.")
+        return {}
     with open(config_path) as file:
-        quantization = json.load(file).get("quantization_config") or {}
+        return json.load(file).get("quantization_config") or {}
+
+
+def is_int8_folder(folder) -> bool:
+    """Whether `folder` is a local folder an int8 model was saved to."""
+    return _quantization_config(folder).get("quant_method") == QUANT_METHOD
+
+
+def load_int8(folder: str) -> Int8VanillaTransformerForConditionalGeneration:
+    """A model saved by an int8 model's `save_pretrained`, ready to decode on the CPU."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ValueError(f"{folder} has no config.json: it is not a saved model folder.")
+    quantization = _quantization_config(folder)
     if quantization.get("quant_method") != QUANT_METHOD:
         raise ValueError(
             f"{folder} holds no int8 model saved by quantize_int8 (its config.json has no quantization_config with "

@@ -27,7 +27,8 @@ def load_translation_model(
 ):
     """Model and tokenizer from a folder or Hub id, in eval mode on `device` (default: cuda when available).
 
-    `quantize="int8"` gives int8 linear layers for faster CPU decoding (see `quantization.quantize_int8`).
+    `quantize="int8"` gives int8 linear layers for faster CPU decoding (see `quantization.quantize_int8`); a folder
+    an int8 model was saved to loads as that int8 model.
     Otherwise a float32 model on the CPU gets `cpu_inference.optimize_for_cpu_inference` (the same weights and
     numbers, faster few-row products) unless `cpu_products=False`.
     """
@@ -35,10 +36,14 @@ def load_translation_model(
 
     from . import VanillaTransformerConfig  # noqa: F401  (registers the Auto classes)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}.")
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
+    from .quantization import is_int8_folder, load_int8
+
+    if is_int8_folder(model_name_or_path):  # saved from quantize_int8: CPU only, as it was saved
+        return load_int8(model_name_or_path), tokenizer
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
     if quantize == "int8":
         from .quantization import quantize_int8
 

@@ -161,3 +161,18 @@ def test_fused_q_k_v_gives_the_three_int8_products_bit_for_bit(tiny_model, head_
         b = three.generate(input_ids=source, num_beams=beams, **kwargs)
         assert torch.equal(a.sequences, b.sequences)
         assert all(torch.equal(x, y) for x, y in zip(a.scores, b.scores))
+
+
+def test_translation_loading_takes_an_int8_folder_as_the_int8_model(tiny_model, tmp_path):
+    from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
+    from hf_vanilla_transformer.translation import load_translation_model, translate
+
+    tokenizer = train_bpe_tokenizer(["a b c d", "e f g h"] * 5, vocab_size=40, min_frequency=1)
+    quantized = quantize_int8(tiny_model(vocab_size=len(tokenizer)))
+    quantized.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = load_translation_model(str(tmp_path))
+    assert type(model) is Int8VanillaTransformerForConditionalGeneration
+    assert translate(model, tokenizer, ["a b c"], num_beams=1, max_new_tokens=3) == translate(
+        quantized, tokenizer, ["a b c"], num_beams=1, max_new_tokens=3
+    )
