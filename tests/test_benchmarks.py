@@ -1,6 +1,7 @@
 """The benchmark scripts keep running: their figures are not checked here, only that every part of a run measures
 something for every model and writes it down."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
 sys.path.insert(0, str(BENCHMARKS))
 
 import bench_models  # noqa: E402
@@ -39,9 +41,11 @@ def test_quick_run_measures_every_model(tmp_path, dtype):
         f"generate new tokens/s {case}" for case in ("greedy b1", "greedy b16", "beam4 b1")
     }
     assert set(results["throughput"]) == expected
-    int8 = {"vanilla-int8", "vanilla-cpu"} if dtype == "fp32" else set()  # the opt-in CPU paths
+    decoding = {"vanilla-int8", "vanilla-cpu"} if dtype == "fp32" else set()  # the opt-in CPU paths
+    if dtype == "fp32" and HAS_CTRANSLATE2:  # the same model exported to CTranslate2
+        decoding |= {"ctranslate2", "ctranslate2-int8"}
     for key, rows in results["throughput"].items():
-        assert set(rows) == {"vanilla", "marian"} | (int8 if key.startswith("generate") else set()), key
+        assert set(rows) == {"vanilla", "marian"} | (decoding if key.startswith("generate") else set()), key
         for name, row in rows.items():
             assert 0 < row["min"] <= row["median"] <= row["max"], (key, name)
         assert rows["vanilla"]["ratio_to_marian"] > 0
