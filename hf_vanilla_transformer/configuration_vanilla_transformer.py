@@ -12,6 +12,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+POSITION_LAYOUTS = ("interleaved", "split")
 NORM_POSITIONS = ("post", "pre")
 INIT_SCHEMES = ("xavier", "normal")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
@@ -42,13 +43,18 @@ class VanillaTransformerConfig(PreTrainedConfig):
         activation_dropout: dropout after the feed-forward activation (not in the paper; 0 by default).
         activation_function: the feed-forward non-linearity; "relu" is the paper's max(0, x).
         position_embedding: "sinusoidal" (§3.5) or "learned" (Table 3 row E).
+        position_layout: where the sinusoids' sines and cosines sit: "interleaved" is §3.5's (sin on even
+            dimensions, cos on odd); "split" puts the sines in the first half and the cosines in the second, with the
+            same frequencies, as Marian, fairseq and tensor2tensor do (models converted from Marian use it).
         max_position_embeddings: rows of the position table. Learned positions cannot go beyond it;
             sinusoids are computed for any position.
         scale_embedding: multiply token embeddings by sqrt(d_model) (§3.4).
         norm_position: "post" is the paper's LayerNorm(x + Dropout(Sublayer(x))); "pre" is
             x + Dropout(Sublayer(LayerNorm(x))) with a final LayerNorm on each stack.
         share_encoder_decoder_embeddings: one embedding matrix for source and target tokens (§3.4).
+        decoder_vocab_size: size of the target vocabulary when it is not shared; `None` means `vocab_size`.
         tie_word_embeddings: the pre-softmax projection reuses the decoder embedding (§3.4).
+        final_logits_bias: a fixed bias added to the logits (a buffer, not trained), as Marian has; off in the paper.
         init_scheme: "xavier" (Glorot-uniform linear layers, embeddings N(0, d_model^-0.5), as MT
             toolkits train this model) or "normal" (everything N(0, init_std)).
         init_std: standard deviation for `init_scheme="normal"`.
@@ -81,11 +87,14 @@ class VanillaTransformerConfig(PreTrainedConfig):
     activation_dropout: float = 0.0
     activation_function: str = "relu"
     position_embedding: str = "sinusoidal"
+    position_layout: str = "interleaved"
     max_position_embeddings: int = 1024
     scale_embedding: bool = True
     norm_position: str = "post"
     share_encoder_decoder_embeddings: bool = True
+    decoder_vocab_size: int | None = None
     tie_word_embeddings: bool = True
+    final_logits_bias: bool = False
     init_scheme: str = "xavier"
     init_std: float = 0.02
     layer_norm_eps: float = 1e-5
@@ -118,11 +127,14 @@ class VanillaTransformerConfig(PreTrainedConfig):
             self.d_k = self.d_model // self.num_heads
         if self.d_v is None and derive:
             self.d_v = self.d_model // self.num_heads
+        if self.decoder_vocab_size is None:
+            self.decoder_vocab_size = self.vocab_size
         super().__post_init__(**kwargs)
         self._check()
 
     def _check(self) -> None:
-        for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_k", "d_v", "max_position_embeddings"):
+        sizes = ("vocab_size", "decoder_vocab_size", "d_model", "d_ff", "num_heads", "d_k", "d_v", "max_position_embeddings")
+        for name in sizes:
             _require_positive_int(name, getattr(self, name))
         for name in ("encoder_layers", "decoder_layers"):
             value = getattr(self, name)
@@ -134,6 +146,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
         for name, allowed in (
             ("position_embedding", POSITION_EMBEDDINGS),
+            ("position_layout", POSITION_LAYOUTS),
             ("norm_position", NORM_POSITIONS),
             ("init_scheme", INIT_SCHEMES),
             ("activation_function", ACTIVATIONS),
@@ -145,22 +158,30 @@ class VanillaTransformerConfig(PreTrainedConfig):
                 f"d_model must be even for sinusoidal positions (sin and cos pairs, §3.5), got {self.d_model}. "
                 "Use an even d_model or position_embedding='learned'."
             )
-        if not isinstance(self.chunked_loss, bool):
-            raise ValueError(f"chunked_loss must be True or False, got {self.chunked_loss!r}.")
+        for name in ("chunked_loss", "final_logits_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.share_encoder_decoder_embeddings and self.decoder_vocab_size != self.vocab_size:
+            raise ValueError(
+                f"decoder_vocab_size={self.decoder_vocab_size} differs from vocab_size={self.vocab_size}, but one "
+                "embedding is shared by source and target: set share_encoder_decoder_embeddings=False for two "
+                "vocabularies."
+            )
         if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
             raise ValueError(f"init_std must be a positive number, got {self.init_std!r}.")
         if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}.")
         eos_ids = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+        vocabulary = min(self.vocab_size, self.decoder_vocab_size)  # the ids both embeddings must hold
         for name, value in (
             ("pad_token_id", self.pad_token_id),
             ("bos_token_id", self.bos_token_id),
             ("decoder_start_token_id", self.decoder_start_token_id),
             *(("eos_token_id", v) for v in eos_ids),
         ):
-            if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):
+            if value is not None and not (isinstance(value, int) and 0 <= value < vocabulary):
                 raise ValueError(
-                    f"{name} must be None or a token id in [0, vocab_size={self.vocab_size}), got {value!r}."
+                    f"{name} must be None or a token id in [0, vocab_size={vocabulary}), got {value!r}."
                 )
 
     @classmethod

@@ -179,7 +179,7 @@ class TableSinusoidalPositionalEncoding(VanillaTransformerSinusoidalPositionalEn
         table = self.__dict__.get("_table")
         if table is None or table.shape[0] < max_length or table.device != position_ids.device:
             size = 1 << max(max_length - 1, 63).bit_length()
-            table = self.__dict__["_table"] = sinusoid_table(size, self.d_model).to(position_ids.device)
+            table = self.__dict__["_table"] = sinusoid_table(size, self.d_model, self.layout).to(position_ids.device)
         return table[position_ids]
 
 

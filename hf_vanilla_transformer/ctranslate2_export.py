@@ -66,6 +66,13 @@ def check_exportable(config: VanillaTransformerConfig) -> None:
             f"activation_function={config.activation_function!r} has no CTranslate2 counterpart; it has "
             f"{', '.join(map(repr, ACTIVATIONS))}."
         )
+    if config.final_logits_bias or config.decoder_vocab_size != config.vocab_size:
+        raise ValueError(
+            "This model has a final_logits_bias or a target vocabulary of its own (decoder_vocab_size="
+            f"{config.decoder_vocab_size}, vocab_size={config.vocab_size}), as models converted from Marian do; the "
+            "export writes one shared vocabulary and no logits bias. Convert the Marian model with CTranslate2's own "
+            "Marian converter instead."
+        )
     eos = config.eos_token_id
     if isinstance(eos, list) and len(eos) != 1:
         raise ValueError(
@@ -178,7 +185,7 @@ def ctranslate2_spec(model, tokenizer, max_positions: int | None = None):
 
     if config.position_embedding == "sinusoidal":
         rows = max_positions or max(config.max_position_embeddings, DEFAULT_SINUSOID_ROWS)
-        sinusoids = sinusoid_table(rows, config.d_model)  # ours interleave sin and cos; CTranslate2's own do not
+        sinusoids = sinusoid_table(rows, config.d_model, config.position_layout)  # written out in the model's layout
     for name, stack in (("encoder", encoder), ("decoder", decoder)):
         prefix = f"model.{name}"
         stack.scale_embeddings = math.sqrt(config.d_model) if config.scale_embedding else 1.0

@@ -16,10 +16,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Sum over target positions of the label-smoothed cross-entropy of `hidden @ weight.T`, `block_rows` rows
     at a time. Each block's gradient, softmax - ((1 - eps) one_hot + eps / vocab), is formed and multiplied
     back into the hidden-state and weight gradients at once, so no (tokens x vocab) tensor outlives its block
-    and the matmul FLOPs equal the plain path's. Rows labelled -100 add nothing."""
+    and the matmul FLOPs equal the plain path's. Rows labelled -100 add nothing. `bias` (vocab,), if given, is a
+    constant added to every row's logits (it gets no gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, label_smoothing: float, block_rows: int):
+    def forward(ctx, hidden, weight, labels, label_smoothing: float, block_rows: int, bias=None):
         vocab = weight.shape[0]
         accumulate = torch.promote_types(hidden.dtype, torch.float32)  # half-precision logits are summed in float32
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -32,6 +33,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             keep = target != -100
             target = target.clamp(min=0).unsqueeze(1)  # (block, 1)
             logits = (hidden[rows] @ weight.T).to(accumulate)  # (block, vocab)
+            if bias is not None:
+                logits += bias
             log_z = torch.logsumexp(logits, dim=-1)
             nll = log_z - logits.gather(1, target).squeeze(1)
             if label_smoothing:
@@ -62,7 +65,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
         if grad_weight is not None:
             grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def block_rows_for(rows: int, hidden_size: int, vocab_size: int) -> int:
@@ -77,14 +80,16 @@ def linear_cross_entropy(
     labels: torch.Tensor,
     label_smoothing: float = 0.0,
     num_items_in_batch: int | torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean label-smoothed cross-entropy of `hidden_states @ weight.T` against `labels` (-100: no loss), without
-    the whole logits tensor. `num_items_in_batch` replaces the count of labelled positions as the divisor (the
-    Trainer passes the count over all accumulated batches and processes)."""
+    """Mean label-smoothed cross-entropy of `hidden_states @ weight.T (+ bias)` against `labels` (-100: no loss),
+    without the whole logits tensor. `num_items_in_batch` replaces the count of labelled positions as the divisor
+    (the Trainer passes the count over all accumulated batches and processes)."""
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (tokens, d_model)
     labels = labels.reshape(-1).to(hidden.device)
     block_rows = block_rows_for(hidden.shape[0], hidden.shape[1], weight.shape[0])
-    total = ChunkedLinearCrossEntropy.apply(hidden, weight, labels, label_smoothing, block_rows)
+    bias = bias.reshape(-1) if bias is not None else None
+    total = ChunkedLinearCrossEntropy.apply(hidden, weight, labels, label_smoothing, block_rows, bias)
     return total / (num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum())
 
 

@@ -121,16 +121,21 @@ def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, l
 # --- §3.5 Positional encoding ---
 
 
-def sinusoids(positions: torch.Tensor, d_model: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): sine on even dims, cosine on odd."""
+def sinusoids(
+    positions: torch.Tensor, d_model: int, dtype: torch.dtype = torch.float32, layout: str = "interleaved"
+) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): sine on even dims, cosine on odd.
+    `layout="split"` puts the same sines in the first half of the dimensions and the cosines in the second."""
     exponents = torch.arange(0, d_model, 2, dtype=dtype, device=positions.device) / d_model
     angles = positions.unsqueeze(-1).to(dtype) * torch.pow(10000.0, -exponents)  # (..., d_model/2)
+    if layout == "split":
+        return torch.cat((angles.sin(), angles.cos()), dim=-1)  # (..., d_model)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (..., d_model), pairs interleaved
 
 
-def sinusoid_table(num_positions: int, d_model: int) -> torch.Tensor:
+def sinusoid_table(num_positions: int, d_model: int, layout: str = "interleaved") -> torch.Tensor:
     """The encoding of positions 0 .. num_positions - 1, (num_positions, d_model), computed in float64."""
-    return sinusoids(torch.arange(num_positions), d_model, torch.float64).float()
+    return sinusoids(torch.arange(num_positions), d_model, torch.float64, layout).float()
 
 
 class VanillaTransformerSinusoidalPositionalEncoding(nn.Module):
@@ -140,9 +145,10 @@ class VanillaTransformerSinusoidalPositionalEncoding(nn.Module):
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__()
         self.d_model = config.d_model
+        self.layout = config.position_layout
 
     def forward(self, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
-        return sinusoids(position_ids, self.d_model)  # (batch, length, d_model)
+        return sinusoids(position_ids, self.d_model, layout=self.layout)  # (batch, length, d_model)
 
 
 class VanillaTransformerLearnedPositionalEmbedding(nn.Embedding):
@@ -398,6 +404,8 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        if getattr(module, "final_logits_bias", None) is not None:
+            init.zeros_(module.final_logits_bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes the saved class's own entry in auto_map; name both model classes, so that the folder
@@ -599,7 +607,9 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         # Two modules even when §3.4 shares them: the tie below makes them one parameter, and through it
         # transformers knows which checkpoint key holds the embedding and reports it when it is missing.
         self.encoder = VanillaTransformerEncoder(config, nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id))
-        self.decoder = VanillaTransformerDecoder(config, nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id))
+        self.decoder = VanillaTransformerDecoder(
+            config, nn.Embedding(config.decoder_vocab_size, config.d_model, config.pad_token_id)
+        )
         self._tied_weights_keys = (
             {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
             if config.share_encoder_decoder_embeddings
@@ -709,7 +719,11 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
         self.model = VanillaTransformerModel(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.decoder_vocab_size, bias=False)
+        if config.final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros(1, config.decoder_vocab_size))
+        else:
+            self.final_logits_bias = None
         ties = {f"model.{k}": f"model.{v}" for k, v in (self.model._tied_weights_keys or {}).items()}
         if config.tie_word_embeddings:
             ties["lm_head.weight"] = "model.decoder.embed_tokens.weight"
@@ -718,6 +732,14 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self._tied_weights_keys = ties or None
         self.generation_config = paper_generation_config(config)
         self.post_init()
+
+    @classmethod
+    def from_marian(cls, name_or_path, **kwargs) -> VanillaTransformerForConditionalGeneration:
+        """A Marian (Opus-MT) model, given as a `MarianMTModel`, a folder or a Hub id, as this model with the same
+        outputs: Marian's choices become config values (see convert_marian.py)."""
+        from .convert_marian import from_marian
+
+        return from_marian(name_or_path, **kwargs)
 
     def get_encoder(self, modality: str | None = None):
         return self.model.encoder
@@ -808,9 +830,13 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(hidden_states.shape[:2])}.")
         if labels is not None and self.config.chunked_loss and self.training and torch.is_grad_enabled():
             # The logits are never held whole: see loss.py.
-            loss = linear_cross_entropy(hidden_states, self.lm_head.weight, labels, label_smoothing, num_items_in_batch)
+            loss = linear_cross_entropy(
+                hidden_states, self.lm_head.weight, labels, label_smoothing, num_items_in_batch, self.final_logits_bias
+            )
             return self._output(loss, None, outputs, return_dict)
         logits = self.lm_head(hidden_states)  # (batch, tgt_len, vocab)
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias
         loss = None
         if labels is not None:
             loss = cross_entropy(logits, labels, label_smoothing, num_items_in_batch)

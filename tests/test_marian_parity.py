@@ -14,18 +14,11 @@ import torch.nn.functional as F
 from transformers import MarianConfig, MarianMTModel
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.convert_marian import LAYER_MODULES
 from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoid_table
 
 SIZES = dict(vocab=60, d_model=32, d_ff=64, heads=4, layers=2)
-MODULES = {  # Marian's layer module names -> ours
-    "self_attn": "self_attn",
-    "encoder_attn": "cross_attn",
-    "fc1": "feed_forward.fc1",
-    "fc2": "feed_forward.fc2",
-    "self_attn_layer_norm": "self_attn_sublayer.norm",
-    "encoder_attn_layer_norm": "cross_attn_sublayer.norm",
-    "final_layer_norm": "feed_forward_sublayer.norm",
-}
+MODULES = LAYER_MODULES  # Marian's layer module names -> ours
 
 
 def marian_and_ours():

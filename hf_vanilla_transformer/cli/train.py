@@ -412,9 +412,14 @@ def run(argv: list[str] | None = None) -> dict:
     resolve_schedule(recipe_args, training_args, model.config.d_model, command_line_names(argv))
     if recipe_args.num_beams < 1:
         raise ValueError(f"--num_beams must be at least 1 (1 is greedy search), got {recipe_args.num_beams}.")
-    model.generation_config = paper_generation_config(
-        model.config, recipe_args.num_beams, recipe_args.length_penalty, recipe_args.max_new_tokens_beyond_source
-    )
+    decoding = {"num_beams", "length_penalty", "max_new_tokens_beyond_source"}
+    if model_args.model_name_or_path and not decoding & command_line_names(argv):
+        # A pretrained model (a converted Marian one, say) keeps its own decoding, bad_words_ids and all.
+        logger.info("Decoding with %s's own generation config.", model_args.model_name_or_path)
+    else:
+        model.generation_config = paper_generation_config(
+            model.config, recipe_args.num_beams, recipe_args.length_penalty, recipe_args.max_new_tokens_beyond_source
+        )
 
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
     raw = type(raw)({k: _limit(v, limits.get(k)) for k, v in raw.items()})  # a DatasetDict or IterableDatasetDict

@@ -11,7 +11,7 @@ from pathlib import Path
 from hf_vanilla_transformer.translation import load_translation_model, translate
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ("train", "translate", "evaluate", "average_checkpoints", "visualize", "export")
+COMMANDS = ("train", "translate", "evaluate", "average_checkpoints", "visualize", "export", "convert")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 
 
@@ -35,7 +35,7 @@ def run_side_by_side(commands: dict[str, list[str]], cwd, stdin: dict[str, str] 
 def test_console_scripts(run_dir, tmp_path):
     """Every script's --help, and hf-vanilla-translate reading standard input, as installed, outside the checkout."""
     bin_dir = Path(sys.executable).parent
-    names = ("train", "translate", "evaluate", "average", "visualize", "export")
+    names = ("train", "translate", "evaluate", "average", "visualize", "export", "convert")
     commands = {name: [str(bin_dir / f"hf-vanilla-{name}"), "--help"] for name in names}
     commands["stdin"] = [str(bin_dir / "hf-vanilla-translate"), str(run_dir), "--num_beams", "1", "--device", "cpu"]
     sentences = ["every forest runs", "my dog sleeps near the river"]
@@ -48,6 +48,7 @@ def test_console_scripts(run_dir, tmp_path):
     assert "--last" in results["average"] and "--output_dir" in results["average"]
     assert "--layer" in results["visualize"] and "--head" in results["visualize"]
     assert "--to" in results["export"] and "int8" in results["export"]
+    assert "--from" in results["convert"] and "marian" in results["convert"]
     model, tokenizer = load_translation_model(str(run_dir), device="cpu")
     assert results["stdin"].splitlines() == translate(model, tokenizer, sentences, num_beams=1)
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -349,7 +350,11 @@ def test_a_recipe_file_as_the_only_argument(tmp_path, suffix):
 
 
 def test_fine_tune_from_a_model_folder_reuses_its_tokenizer(builtin_run, tmp_path, caplog):
-    source, _ = builtin_run
+    source = tmp_path / "pretrained"
+    shutil.copytree(builtin_run[0], source)
+    # A pretrained model's own decoding (a converted Marian one's bad_words_ids, say) survives fine-tuning.
+    generation = json.loads((source / "generation_config.json").read_text())
+    (source / "generation_config.json").write_text(json.dumps({**generation, "num_beams": 3, "bad_words_ids": [[3]]}))
     output_dir = tmp_path / "fine-tuned"
     caplog.set_level(logging.INFO, logger="hf_vanilla_transformer.train")
     main(
@@ -367,6 +372,8 @@ def test_fine_tune_from_a_model_folder_reuses_its_tokenizer(builtin_run, tmp_pat
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
     assert AutoModelForSeq2SeqLM.from_pretrained(output_dir).config.d_model == 32  # the model's, not the recipe's
+    tuned = json.loads((output_dir / "generation_config.json").read_text())
+    assert (tuned["num_beams"], tuned["bad_words_ids"]) == (3, [[3]])
 
 
 # ---------------------------------------------------------------------------------------------

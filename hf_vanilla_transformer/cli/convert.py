@@ -1,0 +1,74 @@
+"""Convert a pretrained model of another class into this package's model, with the same outputs: Marian (Opus-MT).
+
+    hf-vanilla-convert --from marian Helsinki-NLP/opus-mt-de-en outputs/opus-mt-de-en
+    hf-vanilla-convert --from marian path/to/marian-folder outputs/converted
+
+The output folder holds the converted model, its generation config and the Marian tokenizer (SentencePiece, so
+`pip install sentencepiece`; a source without a tokenizer converts with a warning). It is written beside OUTPUT_DIR
+and renamed into place, so a failure never leaves a half-written folder. Fine-tune it with
+`hf-vanilla-train --model_name_or_path OUTPUT_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("hf_vanilla_transformer.convert")
+
+
+def convert(source: str, output_dir: str) -> Path:
+    """Marian model (folder or Hub id) -> our model folder, with Marian's tokenizer when the source has one."""
+    from transformers import AutoTokenizer
+
+    from hf_vanilla_transformer.convert_marian import from_marian
+
+    output = Path(output_dir)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(f"{output} already exists and is not an empty folder; choose a new output folder.")
+    model = from_marian(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, ImportError) as error:  # no tokenizer files, or no sentencepiece
+        tokenizer = None
+        logger.warning("No tokenizer saved with the model (%s): %s", source, str(error).splitlines()[0])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def run(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="kind", required=True, choices=("marian",), help="The source model's class.")
+    parser.add_argument("source", help="The model to convert: a folder or a Hub id.")
+    parser.add_argument("output_dir", help="Where to write the converted model (must not exist or be empty).")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        output = convert(args.source, args.output_dir)
+    except (ImportError, ValueError, OSError, TypeError) as error:
+        raise SystemExit(f"error: {error}") from error
+    print(f"Converted model written to {output}")
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()
