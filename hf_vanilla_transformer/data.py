@@ -356,6 +356,10 @@ def _json_problem(path: Path, split: str) -> str | None:
 
 def _load_json(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Dataset | IterableDataset:
     path = spec.paths[0]
+    # datasets logs a parse error of its own, naming no line, before it raises; the error below names the line.
+    json_logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = json_logger.level
+    json_logger.setLevel(logging.CRITICAL)
     try:
         dataset = datasets.load_dataset(
             "json", data_files=str(path), split="train", streaming=streaming, cache_dir=cache_dir
@@ -369,6 +373,8 @@ def _load_json(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Datas
         if problem is None:
             raise
         raise ValueError(problem) from error
+    finally:
+        json_logger.setLevel(level)
 
 
 def _load_csv(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Dataset | IterableDataset:

@@ -75,7 +75,7 @@ def train_bpe_tokenizer(
     The special tokens have fixed ids: `<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3. Every encoded
     sequence ends with `</s>` and has no `<s>`: the decoder starts from `<s>` as its
     `decoder_start_token_id` instead. The vocabulary can come out smaller than `vocab_size` when
-    the text has fewer merges to offer.
+    the text has fewer merges to offer; below half of it, a warning says so.
     """
     _check_int(
         "vocab_size",
@@ -113,5 +113,12 @@ def train_bpe_tokenizer(
         # The metaspace decoder already restores spaces; the cleanup would glue "a ." into "a.".
         clean_up_tokenization_spaces=False,
     )
-    logger.info("Trained a shared BPE vocabulary of %d tokens (asked for %d).", len(tokenizer), vocab_size)
+    if len(tokenizer) < vocab_size / 2:
+        logger.warning(
+            "The BPE vocabulary has %d tokens, far fewer than the %d asked for: the text offers no more merges seen "
+            "at least min_frequency=%d times. More text gives a larger vocabulary; a vocab_size of %d gives this one.",
+            len(tokenizer), vocab_size, min_frequency, len(tokenizer),
+        )  # fmt: skip
+    else:
+        logger.info("Trained a shared BPE vocabulary of %d tokens (asked for %d).", len(tokenizer), vocab_size)
     return tokenizer

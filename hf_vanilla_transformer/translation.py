@@ -31,24 +31,38 @@ def load_translation_model(
     an int8 model was saved to loads as that int8 model.
     Otherwise a float32 model on the CPU gets `cpu_inference.optimize_for_cpu_inference` (the same weights and
     numbers, faster few-row products) unless `cpu_products=False`.
+
+    The name and the device are checked before anything loads (`checks.check_model_source`, `checks.check_device`):
+    a folder that does not exist or holds no model, a Hub id that is neither cached nor on the Hub, or a device this
+    machine lacks fails at once with the reason. The tokenizer's `model_max_length` is set to what the model serves
+    (`checks.tokenizer_max_length`: no limit for sinusoidal positions).
     """
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from . import VanillaTransformerConfig  # noqa: F401  (registers the Auto classes)
+    from .checks import check_device, check_model_source, tokenizer_max_length
 
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}.")
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
+    hub_options = {key: kwargs[key] for key in ("revision", "local_files_only", "cache_dir") if key in kwargs}
+    kwargs = {**check_model_source(model_name_or_path, **hub_options), **kwargs}
     from .quantization import is_int8_folder, load_int8
 
-    if is_int8_folder(model_name_or_path):  # saved from quantize_int8: CPU only, as it was saved
-        return load_int8(model_name_or_path), tokenizer
+    saved_int8 = is_int8_folder(model_name_or_path)
+    device = check_device(device or ("cpu" if saved_int8 or quantize == "int8" else None))
+    if (saved_int8 or quantize == "int8") and device != "cpu":
+        raise ValueError(f"An int8 model decodes on the CPU only, not on {device}.")
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
+    if saved_int8:  # saved from quantize_int8: CPU only, as it was saved
+        model = load_int8(model_name_or_path)
+        tokenizer.model_max_length = tokenizer_max_length(model.config)
+        return model, tokenizer
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+    tokenizer.model_max_length = tokenizer_max_length(model.config)
     if quantize == "int8":
         from .quantization import quantize_int8
 
         return quantize_int8(model.eval(), inplace=True), tokenizer
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     if cpu_products and model.device.type == "cpu" and model.dtype == torch.float32:
         from .cpu_inference import optimize_for_cpu_inference

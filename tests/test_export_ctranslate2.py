@@ -12,6 +12,9 @@ The two decoders compared on the same terms:
 
 import random
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -201,8 +204,14 @@ def test_the_command_exports_a_saved_model_folder_with_its_tokenizer(trained, to
     translator = ctranslate2.Translator(str(output), device="cpu")
     expected = generate_tokens(model, tokenizer, texts, num_beams=1)
     assert ctranslate2_tokens(translator, reloaded, texts, beam_size=1) == expected
-    with pytest.raises(SystemExit, match="exists and is not empty"):
+    with pytest.raises(OSError, match="exists and is not empty"):  # the console script prints it as one line
         export_command([str(tmp_path / "model"), str(output), "--to", "ctranslate2"])
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_vanilla_transformer.cli.export", str(tmp_path / "model"), str(output), "--to",
+         "ctranslate2"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

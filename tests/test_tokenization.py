@@ -100,6 +100,17 @@ def test_vocab_size_is_respected():
     assert len(large) > 80
 
 
+def test_a_vocabulary_far_smaller_than_asked_is_said(caplog):
+    with caplog.at_level("INFO", logger="hf_vanilla_transformer.tokenization"):
+        tokenizer = train_bpe_tokenizer(SOURCES + TARGETS, vocab_size=37000, min_frequency=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"has {len(tokenizer)} tokens, far fewer than the 37000 asked for" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_vanilla_transformer.tokenization"):
+        train_bpe_tokenizer(SOURCES + TARGETS, vocab_size=80, min_frequency=1)  # the size asked: no warning
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
 def test_min_frequency_limits_merges():
     text = ["abcd"] * 3 + ["wxyz"]
     vocab = train_bpe_tokenizer(text, vocab_size=100, min_frequency=2).get_vocab()

@@ -10,7 +10,6 @@ staging folder and renamed into place, so a failure never leaves a half-written 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -20,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
+
+from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
 
 logger = logging.getLogger("hf_vanilla_transformer.average")
 
@@ -107,9 +108,9 @@ def average_checkpoints(run_dir: str, last: int, output_dir: str) -> Path:
 
 
 def run(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="hf-vanilla-average", description=__doc__)
     parser.add_argument("run_dir", help="Training output folder holding checkpoint-N folders.")
-    parser.add_argument("--last", type=int, default=5, help="How many of the newest checkpoints to average (default 5).")
+    parser.add_argument("--last", type=at_least(1), default=5, help="How many of the newest checkpoints to average (default 5).")
     parser.add_argument("--output_dir", required=True, help="Where to write the averaged model (must not exist or be empty).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -118,9 +119,7 @@ def run(argv: list[str] | None = None) -> Path:
     return output
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
-    run(argv)
+main = console_script(run)
 
 
 if __name__ == "__main__":

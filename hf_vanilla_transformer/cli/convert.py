@@ -11,12 +11,14 @@ and renamed into place, so a failure never leaves a half-written folder. Fine-tu
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from hf_vanilla_transformer.checks import check_model_source
+from hf_vanilla_transformer.cli._errors import ArgumentParser, console_script
 
 logger = logging.getLogger("hf_vanilla_transformer.convert")
 
@@ -51,23 +53,19 @@ def convert(source: str, output_dir: str) -> Path:
 
 
 def run(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="hf-vanilla-convert", description=__doc__)
     parser.add_argument("--from", dest="kind", required=True, choices=("marian",), help="The source model's class.")
     parser.add_argument("source", help="The model to convert: a folder or a Hub id.")
     parser.add_argument("output_dir", help="Where to write the converted model (must not exist or be empty).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    try:
-        output = convert(args.source, args.output_dir)
-    except (ImportError, ValueError, OSError, TypeError) as error:
-        raise SystemExit(f"error: {error}") from error
+    check_model_source(args.source, needs_tokenizer=False)  # a mistyped folder fails now, not after Hub retries
+    output = convert(args.source, args.output_dir)
     print(f"Converted model written to {output}")
     return output
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
-    run(argv)
+main = console_script(run)
 
 
 if __name__ == "__main__":

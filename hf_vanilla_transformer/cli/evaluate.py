@@ -1,4 +1,4 @@
-"""Score a trained model on a test set with sacreBLEU and chrF (signatures printed, so scores compare).
+r"""Score a trained model on a test set with sacreBLEU and chrF (signatures printed, so scores compare).
 
     hf-vanilla-evaluate outputs/vanilla-builtin                       # the built-in task's test split
     hf-vanilla-evaluate my-model --test_file test.de-en.jsonl --source_lang de --target_lang en
@@ -15,16 +15,17 @@ import json
 import logging
 from pathlib import Path
 
-from hf_vanilla_transformer.cli.translate import add_generation_arguments, generation_kwargs
+from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
+from hf_vanilla_transformer.cli.translate import add_generation_arguments, generation_kwargs, translate_checked
 from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, load_parallel_data
 from hf_vanilla_transformer.training import translation_scores
-from hf_vanilla_transformer.translation import load_translation_model, translate
+from hf_vanilla_transformer.translation import load_translation_model
 
 
 def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.test_file or args.dataset_name:
         if not (args.source_lang and args.target_lang):
-            raise SystemExit("error: give --source_lang and --target_lang with --test_file or --dataset_name.")
+            raise ValueError("Give --source_lang and --target_lang with --test_file or --dataset_name.")
         data = load_parallel_data(
             dataset_name=args.dataset_name,
             dataset_config_name=args.dataset_config_name,
@@ -39,7 +40,7 @@ def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         data = load_builtin_dataset(seed=args.builtin_seed)
         source_lang, target_lang = SOURCE_LANG, TARGET_LANG
     if args.split not in data:
-        raise SystemExit(f"error: the data has no split {args.split!r}; it has {sorted(data)}.")
+        raise ValueError(f"The data has no split {args.split!r}; it has {sorted(data)}.")
     pairs = data[args.split]["translation"]
     if args.max_samples is not None:
         pairs = pairs[: args.max_samples]
@@ -47,8 +48,8 @@ def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="Trained model folder or Hub id.")
+    parser = ArgumentParser(prog="hf-vanilla-evaluate", description=__doc__)
+    parser.add_argument("model", help="Trained model folder or Hub id (namespace/name).")
     data = parser.add_argument_group("test data (default: the built-in task)")
     data.add_argument("--test_file", help="Local .jsonl/.csv/.tsv file or 'test.en,test.de' aligned text files.")
     data.add_argument("--dataset_name", help="Hub dataset, e.g. wmt14.")
@@ -59,15 +60,15 @@ def run(argv: list[str] | None = None) -> dict:
     data.add_argument("--source_column")
     data.add_argument("--target_column")
     data.add_argument("--builtin_seed", type=int, default=0, help="Seed of the built-in task.")
-    data.add_argument("--max_samples", type=int, help="Score only the first N pairs.")
+    data.add_argument("--max_samples", type=at_least(1), help="Score only the first N pairs.")
     parser.add_argument("--output_file", help="Write the scores here as JSON.")
     add_generation_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-
-    sources, references = load_test_pairs(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    kwargs = generation_kwargs(args)
     model, tokenizer = load_translation_model(args.model, device=args.device, quantize=args.quantize)
-    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, progress=True, **generation_kwargs(args))
+    sources, references = load_test_pairs(args)
+    hypotheses = translate_checked(model, tokenizer, sources, batch_size=args.batch_size, progress=True, **kwargs)
     scores = translation_scores(hypotheses, references)
     scores["samples"] = len(references)
     print(f"BLEU = {scores['bleu']:.2f}  chrF = {scores['chrf']:.2f}  exact match = {scores['exact_match']:.2f}%  ({len(references)} sentences)")
@@ -78,9 +79,7 @@ def run(argv: list[str] | None = None) -> dict:
     return scores
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
-    run(argv)
+main = console_script(run)
 
 
 if __name__ == "__main__":

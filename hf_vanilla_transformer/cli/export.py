@@ -11,15 +11,16 @@ refused with the reason.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
+from hf_vanilla_transformer.checks import check_model_source
+from hf_vanilla_transformer.cli._errors import ArgumentParser, console_script
 from hf_vanilla_transformer.ctranslate2_export import QUANTIZATIONS, export_ctranslate2
 
 
 def run(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="hf-vanilla-export", description=__doc__)
     parser.add_argument("model", help="Trained model folder or Hub id.")
     parser.add_argument("output_dir", help="Where to write the exported model (must not exist or be empty).")
     parser.add_argument("--to", required=True, choices=("ctranslate2",), help="The format to export to.")
@@ -33,19 +34,13 @@ def run(argv: list[str] | None = None) -> Path:
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    try:
-        output = export_ctranslate2(
-            args.model, args.output_dir, quantization=args.quantization, max_positions=args.max_positions
-        )
-    except (ImportError, ValueError, OSError) as error:  # OSError: a folder missing, taken or full
-        raise SystemExit(f"error: {error}") from error
+    check_model_source(args.model)  # a mistyped folder fails now, not after Hub retries
+    output = export_ctranslate2(args.model, args.output_dir, quantization=args.quantization, max_positions=args.max_positions)
     print(f"CTranslate2 model written to {output}")
     return output
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
-    run(argv)
+main = console_script(run)
 
 
 if __name__ == "__main__":

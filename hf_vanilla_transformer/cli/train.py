@@ -1,16 +1,19 @@
-"""Train a vanilla Transformer from scratch (or fine-tune one) with `Seq2SeqTrainer`.
+r"""Train a vanilla Transformer from scratch (or fine-tune one) with `Seq2SeqTrainer`.
 
     hf-vanilla-train                                   # the built-in task, a few minutes on a laptop CPU
     hf-vanilla-train --output_dir runs/x --recipe paper --dataset_name wmt14 --dataset_config_name de-en \
         --source_lang en --target_lang de              # the paper's recipe (§5)
     hf-vanilla-train my_run.yaml [--max_steps 10]      # arguments from a JSON or YAML file (options after it win)
 
-Arguments are the three dataclasses below plus transformers' `Seq2SeqTrainingArguments`. A recipe
-(`--recipe builtin|paper|paper_big` or a JSON/YAML file) sets defaults; arguments on the command line win.
+Arguments are this project's (model, data, recipe) plus transformers' `Seq2SeqTrainingArguments`, all of which
+work; --help shows the most used of those, --help_trainer every one. A recipe (`--recipe builtin|paper|paper_big`
+or a JSON/YAML file) sets defaults; arguments on the command line win. A mistake in the arguments or the data
+ends in one line, "error: ...", exit status 2; --log_level debug shows the traceback too.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -34,6 +37,8 @@ from transformers import (
 )
 
 from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, table3_training_arguments
+from hf_vanilla_transformer.checks import check_model_source, tokenizer_max_length
+from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.modeling_vanilla_transformer import paper_generation_config
 from hf_vanilla_transformer.data import (
     SOURCE_LANG,
@@ -62,6 +67,8 @@ DEFAULT_OUTPUT_DIR = "outputs/vanilla-builtin"
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"
+
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Fine-tune this model folder or Hub id instead of training from scratch."}
     )
@@ -88,6 +95,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data (default: the built-in task)"
+
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset, e.g. wmt14 (needs internet)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, e.g. de-en."})
     train_file: str | None = field(
@@ -112,6 +121,8 @@ class DataArguments:
 
 @dataclass
 class RecipeArguments:
+    _argument_group_name = "recipe and decoding"
+
     recipe: str | None = field(
         default=None,
         metadata={
@@ -180,10 +191,83 @@ def load_recipe(name_or_path: str, _named_by: tuple[str, ...] = (), default_base
     return values
 
 
+# The Trainer's options --help shows; --help_trainer shows all of them (some 150).
+TRAINER_OPTIONS_SHOWN = (
+    "output_dir", "num_train_epochs", "max_steps", "learning_rate", "warmup_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "eval_strategy", "save_strategy", "save_steps", "seed", "bf16", "fp16",
+    "resume_from_checkpoint", "push_to_hub", "hub_model_id", "log_level", "report_to",
+)  # fmt: skip
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and each option's default."""
+
+
+class _Help(argparse.Action):
+    def __init__(self, option_strings, dest, full: bool = False, help: str | None = None):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.full = full
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.full_help = self.full
+        parser.print_help()
+        parser.exit()
+
+
+class TrainArgumentParser(OneLineErrors, HfArgumentParser):
+    """hf-vanilla-train's arguments: this project's three groups first, then the Trainer's. --help shows the Trainer's
+    most used options (`TRAINER_OPTIONS_SHOWN`) and --help_trainer all of them; errors are one line."""
+
+    full_help = False
+
+    def __init__(self):
+        super().__init__(
+            (ModelArguments, DataArguments, RecipeArguments, Seq2SeqTrainingArguments),
+            prog="hf-vanilla-train",
+            usage="%(prog)s [RECIPE.json|RECIPE.yaml] [--option VALUE ...]",
+            description=__doc__,
+            formatter_class=_HelpFormatter,
+            add_help=False,
+        )
+        trainer_group = self._optionals  # where HfArgumentParser put the Trainer's options, which have no group
+        self._action_groups.remove(trainer_group)
+        self._action_groups.append(trainer_group)
+        self._trainer_names = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
+        self._trainer_group = trainer_group
+        help_group = self.add_argument_group("help")
+        self._action_groups.insert(1, self._action_groups.pop())  # first, after the (empty) positionals
+        help_group.add_argument("-h", "--help", action=_Help, help="Show this project's options and the most used "
+                                "of the Trainer's, then exit.")  # fmt: skip
+        help_group.add_argument("--help_trainer", action=_Help, full=True, help="Show every option, then exit.")
+
+    def format_help(self) -> str:
+        if self.full_help:
+            self._trainer_group.title = "transformers' Seq2SeqTrainingArguments"
+            return super().format_help()
+        count = len(self._trainer_names)
+        self._trainer_group.title = (
+            f"transformers' Seq2SeqTrainingArguments: the most used of its {count}; every one works "
+            "(hf-vanilla-train --help_trainer lists them)"
+        )
+        hidden = [
+            action
+            for action in self._trainer_group._group_actions
+            if action.dest in self._trainer_names and action.dest not in TRAINER_OPTIONS_SHOWN
+        ]
+        helps = [action.help for action in hidden]
+        for action in hidden:
+            action.help = argparse.SUPPRESS
+        try:
+            return super().format_help()
+        finally:
+            for action, text in zip(hidden, helps):
+                action.help = text
+
+
 def parse_args(argv: list[str] | None = None):
     """Recipe values become defaults; command-line arguments override them."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, Seq2SeqTrainingArguments))
+    parser = TrainArgumentParser()
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = ["--recipe", *argv]
     probe, _ = parser.parse_known_args(argv)
@@ -204,10 +288,16 @@ def parse_args(argv: list[str] | None = None):
         # accelerate sets up processes on CPUs (gloo, MULTI_CPU) only with use_cpu; without it, `torchrun
         # --nproc_per_node N` would start N separate trainings, each on all the data, writing the same files.
         parser.set_defaults(use_cpu=True)
+    if not torch.accelerator.is_available():
+        # Pinned memory needs an accelerator; without one, torch's DataLoader warns about it once an epoch.
+        parser.set_defaults(dataloader_pin_memory=False)
     parser.set_defaults(**recipe)
     if probe.output_dir is None and not recipe.get("output_dir"):  # probe also sees --output_dir=DIR
         argv += ["--output_dir", DEFAULT_OUTPUT_DIR]
-    model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(argv)
+    *arguments, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unused:
+        parser.error(f"unrecognized arguments: {' '.join(unused)}")
+    model_args, data_args, recipe_args, training_args = arguments
     recipe_args.recipe = recipe_name
     return model_args, data_args, recipe_args, training_args
 
@@ -402,12 +492,19 @@ def run(argv: list[str] | None = None) -> dict:
 
     # Everything that can be wrong with the inputs fails here, before the output folder is touched.
     parse_overrides(model_args.config_overrides)  # a typo fails now, not after the tokenizer is trained
+    if model_args.model_name_or_path:  # a mistyped folder fails now, not after a minute of Hub retries
+        check_model_source(
+            model_args.model_name_or_path, needs_tokenizer=not model_args.tokenizer_name, cache_dir=model_args.cache_dir
+        )
+    if model_args.tokenizer_name:
+        check_model_source(model_args.tokenizer_name, needs_config=False, cache_dir=model_args.cache_dir)
     raw, source_lang, target_lang = load_data(data_args, model_args.cache_dir)
     if "train" not in raw and training_args.do_train:
         raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
     with training_args.main_process_first(desc="tokenizer"):
         tokenizer = build_tokenizer(model_args, raw["train"], source_lang, target_lang, data_args.streaming)
     model = build_model(model_args, training_args, tokenizer)
+    tokenizer.model_max_length = tokenizer_max_length(model.config)  # saved with it: no limit for sinusoids
     resolve_label_smoothing(model_args, training_args, command_line_names(argv))
     resolve_schedule(recipe_args, training_args, model.config.d_model, command_line_names(argv))
     if recipe_args.num_beams < 1:
@@ -502,9 +599,7 @@ def run(argv: list[str] | None = None) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The console script: `run`, returning nothing, so that the exit status is 0 on success."""
-    run(argv)
+main = console_script(run)
 
 
 if __name__ == "__main__":

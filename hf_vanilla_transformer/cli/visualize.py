@@ -24,13 +24,13 @@ import argparse
 import logging
 from pathlib import Path
 
+from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
+
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-vanilla-visualize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="hf-vanilla-visualize", description=__doc__)
     parser.add_argument("model", metavar="MODEL_FOLDER", help="A trained model folder (from hf-vanilla-train).")
     parser.add_argument("sentence", help="The source sentence to translate and look inside (quote it).")
     parser.add_argument("--output_dir", required=True, help="Folder for the PNG figures and report.html.")
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: look in MODEL_FOLDER and its newest checkpoint-N/).",
     )
     parser.add_argument("--target", help="Look at this target instead of the model's own translation.")
-    parser.add_argument("--num_beams", type=int, help="Beam size for the translation; 1 is greedy (default: the model's).")
+    parser.add_argument(
+        "--num_beams", type=at_least(1), help="Beam size for the translation; 1 is greedy (default: the model's)."
+    )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available).")
     return parser
 
@@ -73,15 +75,10 @@ def run(argv: list[str] | None = None) -> dict[str, Path]:
         parser.error(f"MODEL_FOLDER {folder} has no config.json: it is not a saved model folder.")
     if not args.sentence.strip():
         parser.error("the sentence is empty.")
-    if args.num_beams is not None and args.num_beams < 1:
-        parser.error(f"--num_beams must be at least 1, got {args.num_beams}.")
     # Imported here so that --help and argument errors do not wait for torch and transformers.
     from hf_vanilla_transformer import visualization
 
-    try:
-        visualization.require_matplotlib()
-    except ImportError as error:
-        raise SystemExit(f"error: {error}") from error
+    visualization.require_matplotlib()  # an ImportError that says what to install
     if args.trainer_state is not None:
         try:
             visualization.load_log_history(args.trainer_state)
@@ -106,8 +103,7 @@ def run(argv: list[str] | None = None) -> dict[str, Path]:
     return paths
 
 
-def main() -> None:
-    run()
+main = console_script(run)
 
 
 if __name__ == "__main__":

@@ -50,11 +50,14 @@ def test_average_refuses_a_non_empty_output_folder(run_dir, tmp_path):
     assert (tmp_path / "empty" / "model.safetensors").exists()
 
 
-def test_average_refuses_too_few_checkpoints(run_dir, tmp_path):
+def test_average_refuses_too_few_checkpoints(run_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"2 checkpoints \(\['checkpoint-10', 'checkpoint-20'\]\); cannot average the last 3"):
         average_checkpoints.run([str(run_dir), "--last", "3", "--output_dir", str(tmp_path / "avg")])
-    with pytest.raises(ValueError, match="--last must be at least 1, got 0"):
+    with pytest.raises(SystemExit) as exit_info:
         average_checkpoints.run([str(run_dir), "--last", "0", "--output_dir", str(tmp_path / "avg")])
+    assert exit_info.value.code == 2 and "argument --last: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--last must be at least 1, got 0"):
+        average_checkpoints.average_checkpoints(str(run_dir), 0, str(tmp_path / "avg"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         average_checkpoints.run([str(tmp_path / "no-run"), "--output_dir", str(tmp_path / "avg")])
     assert not (tmp_path / "avg").exists()

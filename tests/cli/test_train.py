@@ -416,13 +416,13 @@ def test_bad_input_fails_before_training(tmp_path, kind, extra, error, message):
     output_dir = tmp_path / "out"
     argv = [*bad_jsonl(tmp_path, kind), "--source_lang", "en", "--target_lang", "de", "--output_dir", str(output_dir)]
     with pytest.raises(error, match=message):
-        main([*argv, "--config_overrides", TINY_MODEL, *TINY, "--max_steps", "1", *extra])  # the last value wins
+        run([*argv, "--config_overrides", TINY_MODEL, *TINY, "--max_steps", "1", *extra])  # the last value wins
     assert_no_model_written(output_dir)
 
 
 def test_data_without_languages_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="Pass --source_lang and --target_lang"):
-        main([*bad_jsonl(tmp_path, "good"), "--output_dir", str(tmp_path / "out")])
+        run([*bad_jsonl(tmp_path, "good"), "--output_dir", str(tmp_path / "out")])
     assert_no_model_written(tmp_path / "out")
 
 
@@ -434,8 +434,8 @@ def test_a_tokenizer_bigger_than_the_model_fails_before_training(builtin_run, tm
     big.save_pretrained(tmp_path / "big-tokenizer")
     output_dir = tmp_path / "out"
     with pytest.raises(ValueError, match=rf"The tokenizer has {len(big)} tokens but the model .* only \d+"):
-        main(["--model_name_or_path", str(source), "--tokenizer_name", str(tmp_path / "big-tokenizer"),
-              "--output_dir", str(output_dir), "--builtin_train_size", "100", "--max_steps", "1"])  # fmt: skip
+        run(["--model_name_or_path", str(source), "--tokenizer_name", str(tmp_path / "big-tokenizer"),
+             "--output_dir", str(output_dir), "--builtin_train_size", "100", "--max_steps", "1"])  # fmt: skip
     assert_no_model_written(output_dir)
 
 
@@ -538,7 +538,7 @@ def test_a_crash_while_saving_leaves_no_checkpoint_and_resume_takes_the_last_who
 
     monkeypatch.setattr(TrainerState, "save_to_json", failing_save_to_json)
     with pytest.raises(OSError, match="simulated"):
-        main(argv)
+        run(argv)
     monkeypatch.undo()
 
     assert not (output_dir / "checkpoint-20").exists()

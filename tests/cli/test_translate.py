@@ -60,10 +60,10 @@ def test_translate_prints_alternatives_tab_separated(run_dir, loaded, capsys):
 
 
 def test_translate_errors(run_dir, tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match=r"--file .*missing\.txt does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"--file .*missing\.txt does not exist"):
         translate_cli.run([str(run_dir), "--file", str(tmp_path / "missing.txt")])
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit, match="no sentences to translate"):
+    with pytest.raises(ValueError, match="No sentences to translate"):
         translate_cli.run([str(run_dir)])
 
 

@@ -1,0 +1,106 @@
+"""How every console script meets a mistake: one line on standard error, `error: <what is wrong>`, and exit status 2.
+
+The rule: ValueError, OSError (FileNotFoundError, a Hub or network failure, ...) and ImportError are how this
+package, transformers, datasets and huggingface_hub say that an argument, a file, a name or the installation is
+wrong. A console script prints such an exception's message on one line, without the traceback; `--debug` (for
+hf-vanilla-train, whose `--debug` is the Trainer's: `--log_level debug`) shows the traceback too. Any other exception
+is a bug and keeps its traceback. Argument errors are one line as well, and options may stand anywhere among the
+positional arguments (`hf-vanilla-translate MODEL --num_beams 1 "a sentence"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+
+USER_ERRORS = (ValueError, OSError, ImportError)
+
+
+def shows_traceback(argv: list[str]) -> bool:
+    """Whether the command line asks for tracebacks: `--debug` (with or without a value), or `--log_level debug`."""
+    for i, item in enumerate(argv):
+        if item == "--debug" or item.startswith("--debug="):
+            return True
+        if item == "--log_level=debug" or (item == "--log_level" and argv[i + 1 : i + 2] == ["debug"]):
+            return True
+    return False
+
+
+def one_line(error: BaseException) -> str:
+    """The exception's message on one line (transformers' and huggingface_hub's messages span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def console_script(run: Callable[[list[str]], object]) -> Callable[[list[str] | None], None]:
+    """The `main(argv=None)` of a console script whose work is `run(argv)`: it returns nothing (exit status 0), and a
+    user error (see the module's rule) ends it with `error: <message>` and exit status 2."""
+
+    @functools.wraps(run)
+    def main(argv: list[str] | None = None) -> None:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            run(argv)
+        except USER_ERRORS as error:
+            if shows_traceback(argv):
+                raise
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    main.__name__ = main.__qualname__ = "main"
+    return main
+
+
+class OneLineErrors:
+    """An argument parser's errors as one line, `error: <message> (see PROG --help)`, exit status 2; argparse's usage
+    block, which can run to a screenful, stays in --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """argparse for the console scripts: one-line errors, options anywhere among the positional arguments
+    (`parse_intermixed_args`), the description shown as written, and `--debug`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="On an error, show its traceback too.")
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def in_range(low: float, high: float, low_open: bool = True, high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number between `low` and `high` (open or closed at each end)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
