@@ -57,16 +57,10 @@ def load_baseline(ref: str):
     (folder / "hf_vanilla_transformer").rename(folder / "hf_vanilla_transformer_baseline")
     sys.path.insert(0, str(folder))
     baseline = importlib.import_module("hf_vanilla_transformer_baseline")
-    # Its import registered its config under the shared model type: give the Auto classes back to this checkout.
-    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
-
+    # Its import registered its classes under the shared model type: give the Auto classes and pipelines back.
     import hf_vanilla_transformer as current
 
-    AutoConfig.register(current.VanillaTransformerConfig.model_type, current.VanillaTransformerConfig, exist_ok=True)
-    AutoModel.register(current.VanillaTransformerConfig, current.VanillaTransformerModel, exist_ok=True)
-    AutoModelForSeq2SeqLM.register(
-        current.VanillaTransformerConfig, current.VanillaTransformerForConditionalGeneration, exist_ok=True
-    )
+    current.register_with_transformers()
     return baseline
 
 

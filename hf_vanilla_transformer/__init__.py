@@ -20,15 +20,22 @@ from .pipeline_vanilla_transformer import PIPELINES, Text2TextGenerationPipeline
 from .quantization import load_int8, quantize_int8  # also registers the int8 folders' quantization config
 from .translation import pipeline
 
-AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
-AutoModel.register(VanillaTransformerConfig, VanillaTransformerModel, exist_ok=True)
-AutoModelForSeq2SeqLM.register(VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, exist_ok=True)
-VanillaTransformerConfig.register_for_auto_class()
-VanillaTransformerModel.register_for_auto_class("AutoModel")
-VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
-for _task, _class in PIPELINES.items():
-    PIPELINE_REGISTRY.register_pipeline(_task, pipeline_class=_class, pt_model=AutoModelForSeq2SeqLM, type="text")
-del _task, _class
+
+
+def register_with_transformers() -> None:
+    """The Auto classes and the two pipelines point at this package's classes (done at import; call it again if
+    another copy of the package, say an older commit a benchmark imports, registered its own)."""
+    AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
+    AutoModel.register(VanillaTransformerConfig, VanillaTransformerModel, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, exist_ok=True)
+    VanillaTransformerConfig.register_for_auto_class()
+    VanillaTransformerModel.register_for_auto_class("AutoModel")
+    VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+    for task, pipeline_class in PIPELINES.items():
+        PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=AutoModelForSeq2SeqLM, type="text")
+
+
+register_with_transformers()
 
 __version__ = "0.1.0"
 
@@ -43,6 +50,7 @@ __all__ = [
     "load_int8",
     "pipeline",
     "quantize_int8",
+    "register_with_transformers",
     "table3_config",
     "table3_training_arguments",
 ]
