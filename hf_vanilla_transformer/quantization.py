@@ -7,7 +7,7 @@ calibration data is needed. Training is not supported on the result: quantise a 
 `quantize_int8(model)` gives an `Int8VanillaTransformerForConditionalGeneration`, which saves with
 `save_pretrained` (int8 weights and their scales in model.safetensors, `quantization_config` in config.json)
 and loads again with `load_int8(folder)`. transformers' own int8 route (`TorchAoConfig` with torchao's
-dynamic int8 config) loads and saves this model too, but decodes about 5x slower on the CPU
+dynamic int8 config) loads and saves this model too, but decodes 3 to 5 times slower on the CPU
 (`python benchmarks/bench_int8.py`).
 """
 
