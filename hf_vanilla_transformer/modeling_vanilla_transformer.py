@@ -769,6 +769,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             self.model.decoder.set_input_embeddings(decoder_embed)
             if self.config.tie_word_embeddings:
                 self.lm_head.weight = decoder_embed.weight
+        self.config.decoder_vocab_size = embeddings.num_embeddings  # transformers updates vocab_size only
         return embeddings
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:

@@ -130,13 +130,11 @@ class Int8VanillaTransformerForConditionalGeneration(VanillaTransformerForCondit
         staging folder and moved in whole: a failure leaves no half-written model."""
         if kwargs.get("push_to_hub"):
             raise ValueError("An int8 model is saved to a folder; upload the folder with huggingface_hub.")
-        config = copy.deepcopy(self.config)
-        config.quantization_config = self.config.quantization_config
         weights = _deduplicated(self.state_dict())
         os.makedirs(save_directory, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".int8-", dir=save_directory)
         try:
-            config.save_pretrained(staging)
+            self.config.save_pretrained(staging)
             self.generation_config.save_pretrained(staging)
             save_file(weights, os.path.join(staging, WEIGHTS_NAME), metadata={"format": "pt"})
             for name in os.listdir(staging):

@@ -660,6 +660,19 @@ def test_resize_token_embeddings_keeps_the_ties(tiny_model, share, tie):
     assert model(input_ids=torch.tensor([[47, 3]]), labels=torch.tensor([[47, 2]])).loss.isfinite()
 
 
+@pytest.mark.parametrize("share, tie", TIES, ids=lambda v: str(v))
+def test_a_resized_model_saves_and_reloads(tiny_model, share, tie, tmp_path):
+    model = tiny_model(share_encoder_decoder_embeddings=share, tie_word_embeddings=tie)
+    model.resize_token_embeddings(48, mean_resizing=False)
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (48, 48)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path)
+    source = torch.tensor([[47, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=source, decoder_input_ids=source).logits,
+                                   model(input_ids=source, decoder_input_ids=source).logits)  # fmt: skip
+
+
 # --- Initialisation ---
 
 
