@@ -16,7 +16,13 @@ It needs a parallel corpus, CORPUS/train.jsonl and CORPUS/test.jsonl with lines
     python benchmarks/bench_quality.py --corpus /tmp/corpus-fr --source_lang fr --mode cli
 
 A model is `vanilla`, `marian`, or either with config values after a colon, for ablations:
-`--models vanilla marian vanilla:init_scheme=normal,init_std=0.02`.
+`--models vanilla marian vanilla:init_scheme=normal,init_std=0.02`. `vanilla:marian_init=true` starts this model
+from the very weights MarianMTModel draws at that seed (converted), which separates the initial draw from
+everything else.
+
+Each run's result is its own JSON file, RESULTS_DIR/<pair>/<model>_<steps>steps_seed<seed>.json (RESULTS_DIR is
+benchmarks/results_quality by default); a run whose file exists is skipped, so a table that was cut off resumes
+where it stopped. The README's quality table is built from these files.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -70,6 +77,11 @@ def build_model(kind: str, overrides: dict, sizes: dict, tokenizer):
         "eos_token_id": tokenizer.eos_token_id,
         "decoder_start_token_id": tokenizer.bos_token_id,
     }
+    if kind == "vanilla" and overrides.pop("marian_init", False):
+        from hf_vanilla_transformer.convert_marian import convert_marian
+
+        # Marian's own initial weights at this seed, in this model: the initial draw is then the same for both.
+        return convert_marian(build_model("marian", overrides, sizes, tokenizer))
     if kind == "vanilla":
         from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 
@@ -111,9 +123,22 @@ def build_model(kind: str, overrides: dict, sizes: dict, tokenizer):
     return MarianMTModel(MarianConfig(**values, attn_implementation="sdpa"))
 
 
-def loss_at_steps(log_history: list[dict], every: int) -> dict[int, float]:
-    """The Trainer's logged training loss (mean over each logging interval) at multiples of `every`."""
-    return {entry["step"]: round(entry["loss"], 4) for entry in log_history if "loss" in entry and entry["step"] % every == 0}
+def loss_at_steps(log_history: list[dict], every: int, key: str = "loss") -> dict[int, float]:
+    """The Trainer's logged training loss (mean over each logging interval) at multiples of `every`; `key`
+    "grad_norm" gives the gradient norm before clipping at those steps."""
+    return {entry["step"]: round(entry[key], 4) for entry in log_history if key in entry and entry["step"] % every == 0}
+
+
+def load_run(path: Path) -> dict:
+    run = json.loads(path.read_text())
+    for key in ("loss", "grad_norm"):  # JSON keeps the steps as strings
+        run[key] = {int(step): value for step, value in run.get(key, {}).items()}
+    return run
+
+
+def result_path(results_dir: Path, pair: str, model: str, steps: int, seed: int) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", model).strip("_")
+    return results_dir / pair / f"{slug}_{steps}steps_seed{seed}.json"
 
 
 def decode_scores(model, tokenizer, sources: list[str], references: list[str], args) -> dict:
@@ -208,11 +233,13 @@ def run_trainer(spec: str, seed: int, args, tokenizer, train_set, sources, refer
         )
         result = trainer.train()
         losses = loss_at_steps(trainer.state.log_history, args.log_every)
+        grad_norms = loss_at_steps(trainer.state.log_history, args.log_every, key="grad_norm")
     scores = decode_scores(model, tokenizer, sources, references, args)
     return {
         "model": spec,
         "seed": seed,
         "loss": losses,
+        "grad_norm": grad_norms,
         "final_loss": losses.get(args.max_steps),
         "steps_per_second": round(args.max_steps / result.metrics["train_runtime"], 3),
         **scores,
@@ -296,12 +323,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--log_every", type=int, default=50)
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bar.")
     parser.add_argument("--cli_args", nargs=argparse.REMAINDER, default=[], help="With --mode cli: extra arguments.")
-    parser.add_argument("--output", default=None, help="JSON file (default: benchmarks/quality_<lang>.json).")
+    parser.add_argument(
+        "--results_dir", default=str(REPO / "benchmarks" / "results_quality"),
+        help="One JSON file per (pair, model, steps, seed) under RESULTS_DIR/<pair>/; existing ones are skipped.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     for spec in args.models:
         parse_model_spec(spec)  # a typo fails before any training
-    output = Path(args.output or REPO / "benchmarks" / f"quality_{args.source_lang}-{args.target_lang}.json")
+    pair = f"{args.source_lang}-{args.target_lang}"
+    results_dir = Path(args.results_dir)
+    specs = ["hf-vanilla-train " + " ".join(args.cli_args)] if args.mode == "cli" else args.models
+    todo = [(seed, spec) for seed in args.seeds for spec in specs]
+    done = [(seed, spec) for seed, spec in todo if result_path(results_dir, pair, spec, args.max_steps, seed).exists()]
+    for seed, spec in done:
+        print(f"seed {seed}, {spec}: already in {result_path(results_dir, pair, spec, args.max_steps, seed)}, skipped")
+    todo = [item for item in todo if item not in done]
 
+    runs = [load_run(result_path(results_dir, pair, spec, args.max_steps, seed)) for seed, spec in done]
+    if not todo:
+        print_table(runs, args.log_every)
+        return {"runs": runs}
     tokenizer, train_set, sources, references, stats = prepare(args)
     report = {
         "corpus": str(args.corpus),
@@ -317,21 +358,23 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": [],
     }
     print(f"{report['pair']}: {len(train_set)} training pairs, {len(sources)} test pairs, vocabulary {len(tokenizer)}")
-    for seed in args.seeds:
-        specs = ["cli"] if args.mode == "cli" else args.models
-        for spec in specs:
-            print(f"\n=== seed {seed}: {spec} ===", flush=True)
-            if args.mode == "cli":
-                run = run_cli(seed, args, sources, references)
-            else:
-                run = run_trainer(spec, seed, args, tokenizer, train_set, sources, references)
-            print(f"BLEU {run['bleu']} chrF {run['chrf']} final loss {run['final_loss']} "
-                  f"steps/s {run['steps_per_second']}", flush=True)
-            report["runs"].append(run)
-            output.write_text(json.dumps(report, indent=2, ensure_ascii=False))  # after every run
-    print_table(report["runs"], args.log_every)
-    print(f"\nJSON: {output}")
-    return report
+    for seed, spec in todo:
+        print(f"\n=== seed {seed}: {spec} ===", flush=True)
+        if args.mode == "cli":
+            run = run_cli(seed, args, sources, references)
+        else:
+            run = run_trainer(spec, seed, args, tokenizer, train_set, sources, references)
+        print(f"BLEU {run['bleu']} chrF {run['chrf']} final loss {run['final_loss']} "
+              f"steps/s {run['steps_per_second']}", flush=True)
+        path = result_path(results_dir, pair, spec, args.max_steps, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_suffix(".partial")
+        staged.write_text(json.dumps({**{k: v for k, v in report.items() if k != "runs"}, **run}, indent=2, ensure_ascii=False))
+        staged.replace(path)  # a run cut off while writing leaves no file, so it runs again
+        runs.append(run)
+    print_table(runs, args.log_every)
+    print(f"\nJSON: {results_dir / pair}")
+    return {**report, "runs": runs}
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
@@ -149,24 +150,61 @@ def write_corpus(folder: Path) -> Path:
     return folder
 
 
-def test_quality_benchmark_trains_and_scores_every_model(tmp_path):
-    output = tmp_path / "quality.json"
-    done = subprocess.run(
+def run_quality(tmp_path, *models: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_quality.py"), "--corpus", str(write_corpus(tmp_path)),
-         "--source_lang", "xx", "--models", "vanilla", "marian", "vanilla:init_scheme=normal",
-         "--seeds", "1", "2", "--max_steps", "2", "--batch_size", "4", "--vocab_size", "120", "--log_every", "1",
-         "--max_new_tokens", "4", "--output", str(output)],
+         "--source_lang", "xx", "--models", *models, "--seeds", "1", "2", "--max_steps", "2", "--batch_size", "4",
+         "--vocab_size", "120", "--log_every", "1", "--max_new_tokens", "4", "--results_dir", str(tmp_path / "results")],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )  # fmt: skip
+
+
+def test_quality_benchmark_trains_and_scores_every_model_once(tmp_path):
+    models = ("vanilla", "marian", "vanilla:init_scheme=normal")
+    done = run_quality(tmp_path, *models)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(output.read_text())
-    runs = [(run["model"], run["seed"]) for run in report["runs"]]
-    assert runs == [(m, s) for s in (1, 2) for m in ("vanilla", "marian", "vanilla:init_scheme=normal")]
-    for run in report["runs"]:
+    files = sorted((tmp_path / "results" / "xx-en").iterdir())
+    runs = [json.loads(path.read_text()) for path in files]
+    assert sorted((run["model"], run["seed"]) for run in runs) == sorted((m, s) for s in (1, 2) for m in models)
+    assert len({path.name for path in files}) == 6 and not any(path.suffix == ".partial" for path in files)
+    for run in runs:
         assert set(run["loss"]) == {"1", "2"} and run["final_loss"] > 0  # JSON keys are strings
+        assert set(run["grad_norm"]) == {"1", "2"} and run["pair"] == "xx-en" and run["train_pairs"] == 40
         assert run["steps_per_second"] > 0 and 0 <= run["bleu"] <= 100
         assert run["bleu_signature"].startswith("nrefs:1|")
     assert "BLEU over seeds" in done.stdout
+
+    # A second call runs only what has no file yet: the finished runs are kept as they were, not redone.
+    written = {path: path.read_text() for path in files}
+    again = run_quality(tmp_path, "vanilla", "vanilla:marian_init=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped") == 2 and again.stdout.count("=== seed") == 2
+    assert all(path.read_text() == text for path, text in written.items())
+    assert len(list((tmp_path / "results" / "xx-en").iterdir())) == 8
+
+
+def test_marian_init_starts_from_marians_own_draw():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_quality
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
+    from transformers import set_seed
+
+    tokenizer = train_bpe_tokenizer(["a b c d e f g h"] * 20, vocab_size=40)
+    sizes = {"d_model": 16, "d_ff": 32, "heads": 2, "layers": 1, "dropout": 0.1}
+    set_seed(3)
+    marian = bench_quality.build_model("marian", {}, sizes, tokenizer)
+    set_seed(3)
+    ours = bench_quality.build_model("vanilla", {"marian_init": True}, sizes, tokenizer)
+    ids = torch.tensor([[5, 6, 7, tokenizer.eos_token_id]])
+    with torch.no_grad():
+        expected = marian.eval()(input_ids=ids, decoder_input_ids=ids).logits
+        torch.testing.assert_close(ours.eval()(input_ids=ids, decoder_input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+    set_seed(4)  # another seed draws other weights
+    other = bench_quality.build_model("vanilla", {"marian_init": True}, sizes, tokenizer)
+    assert not torch.allclose(other.eval()(input_ids=ids, decoder_input_ids=ids).logits, expected)
 
 
 def test_quality_benchmark_refuses_an_unknown_model_before_training(tmp_path):
