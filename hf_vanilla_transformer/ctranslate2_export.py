@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ._io import check_free, staged_folder
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .modeling_vanilla_transformer import sinusoid_table
 
@@ -245,7 +244,7 @@ def export_ctranslate2(
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or None), got {quantization!r}.")
     output = Path(output_dir)
-    _check_free(output)
+    check_free(output)
     if isinstance(model, (str, os.PathLike)):
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -258,27 +257,13 @@ def export_ctranslate2(
     spec.validate()
     spec.optimize(quantization=quantization)  # also stores tied weights once
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".staging", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         spec.save(str(staging))
         if hasattr(tokenizer, "save_pretrained"):
             # CTranslate2 takes tokens; the tokenizer that makes them travels with the model. Its files do not clash
             # with CTranslate2's (config.json, model.bin, shared_vocabulary.json).
             tokenizer.save_pretrained(staging)
-        _check_free(output)  # again: something may have appeared there meanwhile
-        if output.exists():
-            output.rmdir()
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
-
-
-def _check_free(output: Path) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} exists and is not empty; choose a new output folder.")
 
 
 __all__ = ["QUANTIZATIONS", "check_exportable", "vocabulary", "ctranslate2_spec", "export_ctranslate2"]

@@ -13,13 +13,13 @@ import logging
 import os
 import re
 import shlex
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ._io import write_file
 from .data import SOURCE_LANG, TARGET_LANG, FilterStats
 
 logger = logging.getLogger(__name__)
@@ -255,18 +255,7 @@ def write_model_card(
         _usage_section(model_id, example_source),
     ]
     card = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
-    path = output_dir / CARD_NAME
-    # A "_" name is one the Trainer's Hub uploads skip, should a run be killed before the rename.
-    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix="_README.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(str(card))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    path = write_file(output_dir / CARD_NAME, str(card))
     logger.info("Model card written to %s", path)
     return path
 

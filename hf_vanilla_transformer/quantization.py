@@ -17,8 +17,6 @@ import copy
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 
 import torch
@@ -29,6 +27,7 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ._io import staged_folder
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .cpu_inference import fuse_self_attention, restore_plain_modules, use_inference_blocks
 from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
@@ -131,16 +130,10 @@ class Int8VanillaTransformerForConditionalGeneration(VanillaTransformerForCondit
         if kwargs.get("push_to_hub"):
             raise ValueError("An int8 model is saved to a folder; upload the folder with huggingface_hub.")
         weights = _deduplicated(self.state_dict())
-        os.makedirs(save_directory, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".int8-", dir=save_directory)
-        try:
+        with staged_folder(save_directory, merge=True) as staging:
             self.config.save_pretrained(staging)
             self.generation_config.save_pretrained(staging)
             save_file(weights, os.path.join(staging, WEIGHTS_NAME), metadata={"format": "pt"})
-            for name in os.listdir(staging):
-                os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _deduplicated(state_dict: dict) -> dict:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, get_last_checkpoint, rotate_checkpoints
 
+from ._io import publish_folder
 from .batching import TokenBudgetBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -195,10 +196,7 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             self._get_output_dir = original
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging_root, name), final)
+            publish_folder(os.path.join(staging_root, name), os.path.join(run_dir, name), replace=True)
             if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging_root):
                 self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(
                     staging_root, run_dir, 1

@@ -56,3 +56,11 @@ def tiny_model(tiny_config):
         return VanillaTransformerForConditionalGeneration(tiny_config(**overrides)).eval()
 
     return make
+
+
+@pytest.fixture
+def umask_027():
+    """The process umask 027 for one test: what the package saves must come out 0640 (files), 0750 (folders)."""
+    old = os.umask(0o027)
+    yield
+    os.umask(old)

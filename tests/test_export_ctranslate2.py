@@ -14,7 +14,7 @@ The two decoders are run on the same terms:
 """
 
 import random
-
+import stat
 import subprocess
 import sys
 
@@ -295,3 +295,10 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_ctranslate2(random_model(), tmp_path / "ct2", VOCABULARY)
     assert [p.name for p in tmp_path.iterdir()] == ["written-so-far"]
+
+
+def test_the_exported_folder_gets_the_users_umask(tmp_path, umask_027):
+    output = export_ctranslate2(random_model(), tmp_path / "ct2", VOCABULARY)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o750  # not a temporary folder's 0700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in output.iterdir()} == {0o640}
+    assert [p.name for p in tmp_path.iterdir()] == ["ct2"]

@@ -8,13 +8,6 @@ import pytest
 from hf_vanilla_transformer._io import check_free, publish_folder, staged_folder, write_file
 
 
-@pytest.fixture
-def umask_027():
-    old = os.umask(0o027)
-    yield
-    os.umask(old)
-
-
 def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 

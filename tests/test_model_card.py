@@ -1,5 +1,6 @@
 """write_model_card and write_run_card without a training run: metadata, safe writing, the Hub upload."""
 
+import stat
 from types import SimpleNamespace
 
 import huggingface_hub
@@ -70,6 +71,11 @@ def test_a_failed_write_keeps_the_previous_card_and_leaves_no_temporary_file(tin
         write(tmp_path, tiny_model(), recipe="second")
     assert "Recipe `first`." in path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+
+
+def test_the_card_gets_the_users_umask_not_a_temporary_files_mode(tiny_model, tmp_path, umask_027):
+    path = write(tmp_path, tiny_model())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # readable by the group, as transformers' files are
 
 
 def fake_run(tmp_path, model, **args):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from hf_vanilla_transformer._io import check_free, staged_folder
 from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
 
 logger = logging.getLogger("hf_vanilla_transformer.average")
@@ -75,8 +75,7 @@ def average_checkpoints(run_dir: str, last: int, output_dir: str) -> Path:
     if last < 1:
         raise ValueError(f"--last must be at least 1, got {last}.")
     output = Path(output_dir)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):  # checked again before the rename
-        raise FileExistsError(f"{output} exists and is not empty; choose a new --output_dir.")
+    check_free(output, "choose a new --output_dir")  # and again before the rename
     checkpoints = list_checkpoints(run_dir)
     if len(checkpoints) < last:
         raise ValueError(f"{run_dir} has {len(checkpoints)} checkpoints ({[c.name for c in checkpoints]}); cannot average the last {last}.")
@@ -90,20 +89,13 @@ def average_checkpoints(run_dir: str, last: int, output_dir: str) -> Path:
     if unexpected or set(missing) - tied:
         raise ValueError(f"The averaged weights do not fit the model: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}.")
 
-    staging = output.parent / f".{output.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer_source = newest if (newest / "tokenizer_config.json").exists() else Path(run_dir)
-    try:
-        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(staging)
-    except (OSError, ValueError) as err:
-        logger.warning("No tokenizer saved beside the averaged model (%s).", err)
-    if output.exists():
-        if any(output.iterdir()):
-            shutil.rmtree(staging)
-            raise FileExistsError(f"{output} exists and is not empty; choose a new --output_dir.")
-        output.rmdir()
-    os.replace(staging, output)
+    with staged_folder(output) as staging:
+        model.save_pretrained(staging)
+        tokenizer_source = newest if (newest / "tokenizer_config.json").exists() else Path(run_dir)
+        try:
+            AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(staging)
+        except (OSError, ValueError) as err:
+            logger.warning("No tokenizer saved beside the averaged model (%s).", err)
     return output
 
 

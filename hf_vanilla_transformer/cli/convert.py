@@ -12,11 +12,9 @@ and renamed into place, so a failure never leaves a half-written folder. Fine-tu
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from hf_vanilla_transformer._io import staged_folder
 from hf_vanilla_transformer.checks import check_model_source
 from hf_vanilla_transformer.cli._errors import ArgumentParser, console_script
 
@@ -38,17 +36,10 @@ def convert(source: str, output_dir: str) -> Path:
     except (OSError, ValueError, ImportError) as error:  # no tokenizer files, or no sentencepiece
         tokenizer = None
         logger.warning("No tokenizer saved with the model (%s): %s", source, str(error).splitlines()[0])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if output.exists():
-            output.rmdir()  # empty, checked above
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, table3_training_arguments
+from hf_vanilla_transformer._io import publish_folder
 from hf_vanilla_transformer.checks import check_model_source, tokenizer_max_length
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.modeling_vanilla_transformer import paper_generation_config
@@ -464,8 +465,7 @@ def save_final(trainer, tokenizer, output_dir: str) -> None:
     trainer.save_model(staging)
     if trainer.args.should_save:
         tokenizer.save_pretrained(staging)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+        publish_folder(staging, output_dir, merge=True)
         shutil.rmtree(os.path.join(output_dir, STAGING_DIR), ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
 

@@ -1,5 +1,6 @@
 """hf-vanilla-convert --from marian: a Marian folder in, this package's model folder out, with Marian's outputs."""
 
+import stat
 import sys
 from pathlib import Path
 
@@ -36,3 +37,9 @@ def test_convert_refuses_a_taken_output_folder_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="already exists and is not an empty folder"):
         convert.run(["--from", "marian", str(tmp_path / "marian"), str(tmp_path / "taken")])
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+def test_the_converted_folder_gets_the_users_umask(tmp_path, umask_027):
+    opus_like_marian().save_pretrained(tmp_path / "marian")
+    output = convert.run(["--from", "marian", str(tmp_path / "marian"), str(tmp_path / "ours")])
+    assert stat.S_IMODE(output.stat().st_mode) == 0o750  # not a temporary folder's 0700
