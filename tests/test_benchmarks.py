@@ -214,3 +214,24 @@ def test_quality_benchmark_refuses_an_unknown_model_before_training(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert done.returncode != 0 and "A model is 'vanilla' or 'marian'" in done.stderr
+
+
+def test_quality_table_averages_the_seeds_of_each_pair_and_model(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import quality_table
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    for seed, bleu, loss in ((42, 10.0, 5.0), (43, 20.0, 4.0)):
+        run = {"model": "vanilla", "seed": seed, "bleu": bleu, "chrf": 2 * bleu, "steps_per_second": 1.0,
+               "loss": {"300": loss, "1000": loss - 1}, "bleu_signature": "nrefs:1|x"}  # fmt: skip
+        (tmp_path / "fr-en").mkdir(exist_ok=True)
+        (tmp_path / "fr-en" / f"vanilla_1000steps_seed{seed}.json").write_text(json.dumps(run))
+        (tmp_path / "fr-en" / f"vanilla_500steps_seed{seed}.json").write_text(json.dumps({**run, "bleu": 99.0}))
+    text = quality_table.main(["--results_dir", str(tmp_path), "--loss_steps", "300", "1000"])
+    row = [line for line in text.splitlines() if "`vanilla`" in line]
+    assert row == ["| fr-en | `vanilla` | 15.00 (10.00-20.00) | 30.00 (20.00-40.00) | 4.50 | 3.50 | 1.00 | 42, 43 |"]
+    per_seed = quality_table.main(["--results_dir", str(tmp_path), "--steps", "500", "--per_seed"])
+    assert per_seed.count("| 99.00 |") == 2
+    with pytest.raises(SystemExit, match="No result files for 200 steps"):
+        quality_table.main(["--results_dir", str(tmp_path), "--steps", "200"])
