@@ -25,17 +25,20 @@ Each source sentence has exactly one translation, so a model can learn to transl
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Translation, Value
 
 logger = logging.getLogger(__name__)
@@ -354,7 +357,142 @@ def _json_problem(path: Path, split: str) -> str | None:
     return None if found else f"The {split} split is empty: {path} has no records."
 
 
-def _load_json(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Dataset | IterableDataset:
+def _utf8_problem(path: Path) -> str | None:
+    """Name the line of the first byte in `path` that is not UTF-8 (a binary or Latin-1 file), if any."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:
+                line += error.object.count(b"\n", 0, error.start)  # error.object: the chunk after a split character
+                return (
+                    f"{path}, line {line}: not UTF-8 text (byte 0x{error.object[error.start]:02x}); is it a binary "
+                    "file? Data files must be UTF-8: convert it (e.g. iconv -t utf-8) or pass the right file."
+                )
+            if not chunk:
+                return None
+            line += chunk.count(b"\n")
+
+
+def _layout(
+    columns: list[str], source_lang: str, target_lang: str, source_column: str | None, target_column: str | None
+) -> tuple[bool, tuple[str, str]]:
+    """Whether records hold a "translation" dict (nested) or flat columns, and the keys of the two sentences."""
+    if source_column is None and target_column is None and TRANSLATION_COLUMN in columns:
+        return True, (source_lang, target_lang)
+    return False, (source_column or source_lang, target_column or target_lang)
+
+
+def _example(nested: bool, keys: tuple[str, str]) -> str:
+    flat = f'{{"{keys[0]}": "...", "{keys[1]}": "..."}}'
+    return f'{{"{TRANSLATION_COLUMN}": {flat}}}' if nested else flat
+
+
+def _record_problem(record: object, nested: bool, keys: tuple[str, str]) -> str | None:
+    """What keeps one JSON record from being a sentence pair of the file's form, or None."""
+    example = _example(nested, keys)
+    if not isinstance(record, dict):
+        return f"expected a JSON object such as {example}, found {type(record).__name__}"
+    pair = record.get(TRANSLATION_COLUMN) if nested else record
+    if not isinstance(pair, dict):
+        return f"no {TRANSLATION_COLUMN!r} object; write the record as {example}"
+    for key in keys:
+        if key not in pair:
+            return f"no {key!r} text: every record needs both {keys[0]!r} and {keys[1]!r}, as in {example}"
+        if not isinstance(pair[key], str):
+            return f"{key!r} is {json.dumps(pair[key])[:40]}, expected text (a JSON string) as in {example}"
+    return None
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, object]]:
+    """("line N", record) for each record of a JSON-lines file; ("record N", record) for a JSON list."""
+    with path.open(encoding="utf-8") as handle:
+        first = handle.read(1 << 16).lstrip()
+        handle.seek(0)
+        if first.startswith("["):
+            yield from ((f"record {number}", record) for number, record in enumerate(json.load(handle), start=1))
+            return
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield f"line {number}", json.loads(line)
+
+
+def _json_record_problem(path: Path, nested: bool, keys: tuple[str, str]) -> str | None:
+    """The first record of `path` that is no sentence pair of the file's form, named by its line; or the first
+    two lines that show the file mixing the nested and the flat form."""
+    first_of = {}  # form -> where it first appears, in the order of the file
+    for where, record in _json_records(path):
+        form = None
+        if isinstance(record, dict):
+            form = "nested" if TRANSLATION_COLUMN in record else "flat" if set(keys) & set(record) else None
+        if form is not None:
+            first_of.setdefault(form, where)
+        if len(first_of) == 2:
+            (one, one_where), (other, other_where) = first_of.items()
+            return (
+                f"{path} mixes two forms of record: {one_where} is {_example(one == 'nested', keys)}, {other_where} "
+                f"{_example(other == 'nested', keys)}; write every line in one form."
+            )
+        if form in (None, "nested" if nested else "flat") and (problem := _record_problem(record, nested, keys)):
+            return f"{path}, {where}: {problem}."
+    return None
+
+
+def _text_type(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _check_json_records(
+    dataset: Dataset | IterableDataset, path: Path, nested: bool, keys: tuple[str, str]
+) -> Dataset | IterableDataset:
+    """Make sure every record of a JSON file holds text under both keys, in one form (nested or flat): any line
+    may lack a key or be written in the other form, and datasets fills in nulls where it does.
+
+    A file whose records agree in their keys loads as columns of text, whose nulls arrow counts at once; otherwise
+    (keys that vary, values that are not text) the file is read record by record. A streamed file is checked as it
+    is read. Keys that no record has are left to the column checks, which list the ones there are.
+    """
+    if isinstance(dataset, IterableDataset):
+
+        def check(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+            for position, index in enumerate(indices):
+                record = {column: values[position] for column, values in batch.items()}
+                if (problem := _record_problem(record, nested, keys)) is not None:
+                    # The file names the line (the stream's rows may hold nulls where a key was absent).
+                    raise ValueError(_json_record_problem(path, nested, keys) or f"{path}, record {index + 1}: {problem}.")
+            return batch
+
+        return dataset.map(check, batched=True, with_indices=True)
+    table = dataset.data.table
+    if nested:
+        column = table.column(TRANSLATION_COLUMN)
+        if pa.types.is_struct(column.type) and any(column.type.get_field_index(key) < 0 for key in keys):
+            return dataset
+        texts = [pc.struct_field(column, key) for key in keys] if pa.types.is_struct(column.type) else []
+    else:
+        if any(key not in table.column_names for key in keys):
+            return dataset
+        for key in keys:
+            _check_text_column(dataset, str(path), key)  # numbers throughout: said of the column
+        texts = [table.column(key) for key in keys]
+    if texts and all(_text_type(text.type) for text in texts):
+        absent = pc.or_(texts[0].is_null(), texts[1].is_null())
+        if not pc.any(pc.or_(absent, column.is_null()) if nested else absent).as_py():
+            return dataset
+    problem = _json_record_problem(path, nested, keys)
+    if problem is not None:
+        raise ValueError(problem)
+    return dataset
+
+
+def _load_json(
+    spec: _FileSpec, streaming: bool, cache_dir: str | None, layout: Callable[[list[str]], tuple[bool, tuple[str, str]]]
+) -> Dataset | IterableDataset:
+    """Load a JSON(-lines) file, checked record by record (see `_check_json_records`); `layout(columns)` says its
+    form and keys."""
     path = spec.paths[0]
     # datasets logs a parse error of its own, naming no line, before it raises; the error below names the line.
     json_logger = logging.getLogger("datasets.packaged_modules.json.json")
@@ -366,15 +504,21 @@ def _load_json(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Datas
         )
         if streaming:  # reading the first records now surfaces a broken file before training
             next(iter(dataset), None)
-        return dataset
     except Exception as error:
-        # Only a failed load pays for the line-by-line scan.
+        # Only a failed load pays for the line-by-line scans. datasets reads a large file in blocks and fails when a
+        # later block's records have other keys than the first one's: a flat record among nested ones, say.
         problem = _json_problem(path, spec.split)
+        if problem is None:
+            columns = next((list(record) for _, record in _json_records(path) if isinstance(record, dict)), [])
+            problem = _json_record_problem(path, *layout(columns))
+        if problem is None and isinstance(error, datasets.exceptions.DatasetGenerationError):
+            problem = f"{path}: datasets could not read it ({error.__cause__}); give every record the same keys."
         if problem is None:
             raise
         raise ValueError(problem) from error
     finally:
         json_logger.setLevel(level)
+    return _check_json_records(dataset, path, *layout(_column_names(dataset)))
 
 
 def _load_csv(spec: _FileSpec, streaming: bool, cache_dir: str | None) -> Dataset | IterableDataset:
@@ -425,10 +569,14 @@ def _read_text_pair(source_path: str, target_path: str, source_lang: str, target
         open(source_path, encoding="utf-8", newline="\n") as sources,
         open(target_path, encoding="utf-8", newline="\n") as targets,
     ):
-        for source, target in zip(sources, targets, strict=True):
-            yield {
-                TRANSLATION_COLUMN: {source_lang: source.rstrip("\r\n"), target_lang: target.rstrip("\r\n")}
-            }
+        try:
+            for source, target in zip(sources, targets, strict=True):
+                yield {
+                    TRANSLATION_COLUMN: {source_lang: source.rstrip("\r\n"), target_lang: target.rstrip("\r\n")}
+                }
+        except UnicodeDecodeError as error:  # met while streaming, too late for load_parallel_data to name it
+            problem = next(filter(None, map(_utf8_problem, (Path(source_path), Path(target_path)))), None)
+            raise ValueError(problem or f"{source_path} or {target_path}: {error}") from error
 
 
 def _load_text_pair(
@@ -526,12 +674,10 @@ def _to_translation_layout(
 ) -> Dataset | IterableDataset:
     """Bring a split into the {"translation": {source_lang: ..., target_lang: ...}} layout."""
     columns = _column_names(dataset)
-    flat = source_column is not None or target_column is not None
-    if not flat and TRANSLATION_COLUMN in columns:
+    nested, (source_column, target_column) = _layout(columns, source_lang, target_lang, source_column, target_column)
+    if nested:
         _check_translation_column(dataset, origin, source_lang, target_lang)
         return dataset.select_columns([TRANSLATION_COLUMN]) if columns != [TRANSLATION_COLUMN] else dataset
-    source_column = source_column or source_lang
-    target_column = target_column or target_lang
     for column in (source_column, target_column):
         if column not in columns:
             raise ValueError(
@@ -607,14 +753,26 @@ def load_parallel_data(
             f" (config {dataset_config_name!r})" if dataset_config_name else ""
         )
         splits = {split: (dataset, f"{origin}, split {split!r}") for split, dataset in loaded.items()}
+
+    def layout(columns: list[str]) -> tuple[bool, tuple[str, str]]:
+        return _layout(columns, source_lang, target_lang, source_column, target_column)
+
     for split, value in given.items():
         spec = _file_spec(split, value)
-        if len(spec.paths) == 2:
-            dataset = _load_text_pair(spec, source_lang, target_lang, streaming, cache_dir)
-        elif spec.paths[0].suffix.lower() in _JSON_SUFFIXES:
-            dataset = _load_json(spec, streaming, cache_dir)
-        else:
-            dataset = _load_csv(spec, streaming, cache_dir)
+        try:
+            if len(spec.paths) == 2:
+                dataset = _load_text_pair(spec, source_lang, target_lang, streaming, cache_dir)
+            elif spec.paths[0].suffix.lower() in _JSON_SUFFIXES:
+                dataset = _load_json(spec, streaming, cache_dir, layout)
+            else:
+                dataset = _load_csv(spec, streaming, cache_dir)
+        except Exception as error:
+            # Each reader meets a binary file in its own way, and none of their messages names the file or line;
+            # only a failed load pays for this scan.
+            problem = next(filter(None, map(_utf8_problem, spec.paths)), None)
+            if problem is None:
+                raise
+            raise ValueError(problem) from error
         splits[split] = (dataset, spec.origin)
 
     normalised = {}

@@ -305,6 +305,58 @@ def test_malformed_csv_line_names_file_and_line(tmp_path):
         _load(tmp_path, train_file=path)
 
 
+NESTED = [{"translation": {"en": s, "de": t}} for s, t in PAIRS]
+FLAT = [{"en": s, "de": t} for s, t in PAIRS]
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (NESTED[:3] + [{"translation": {"en": "a cat"}}], "line 4: no 'de' text"),
+        (NESTED[:1] + [{"translation": {"en": "a cat", "fr": "un chat"}}] + NESTED, "line 2: no 'de' text"),
+        (FLAT[:2] + [{"en": "a cat"}] + FLAT, "line 3: no 'de' text"),
+        (FLAT[:2] + [{"en": "a cat", "de": None}], "line 3: 'de' is null, expected text"),
+        (NESTED[:2] + [{"translation": {"en": "a cat", "de": 5}}], "line 3: 'de' is 5, expected text"),
+        (NESTED[:3] + FLAT[:1] + NESTED, 'mixes two forms of record: line 1 is {"translation": {"en": "...", '
+                                         '"de": "..."}}, line 4 {"en": "...", "de": "..."}'),
+        (FLAT[:2] + NESTED[:1] + FLAT, 'mixes two forms of record: line 1 is {"en": "...", "de": "..."}, line 3'),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_record_without_both_texts_names_its_line_wherever_it_is(tmp_path, records, message, streaming):
+    path = _write_jsonl(tmp_path / "train.jsonl", records)
+    with pytest.raises(ValueError, match=re.escape(f"{path}") + ".*" + re.escape(message)):
+        list(_load(tmp_path, train_file=path, streaming=streaming)["train"])
+
+
+def test_a_record_without_both_texts_in_a_json_list_is_named_by_number(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(NESTED[:2] + [{"translation": {"de": "x"}}]), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}, record 3: no 'en' text")):
+        _load(tmp_path, train_file=path)
+
+
+def test_records_that_vary_in_their_extra_keys_still_load(tmp_path):
+    path = _write_jsonl(tmp_path / "train.jsonl", NESTED[:2] + [{"translation": {"en": "x", "de": "y", "note": 1}}])
+    assert _pairs_of(_load(tmp_path, train_file=path)["train"]) == PAIRS[:2] + [("x", "y")]
+
+
+@pytest.mark.parametrize("name", ["train.jsonl", "train.tsv", "train.en"])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_binary_file_is_named_with_its_line(tmp_path, name, streaming):
+    path = tmp_path / name
+    path.write_bytes(b"en\tde\n" + bytes(range(256)) * 4)  # a newline at byte 10 of each run: line 3
+    train_file = path
+    if name == "train.en":
+        (tmp_path / "train.de").write_text("x\n" * _count_lines(path), encoding="utf-8")
+        train_file = f"{path},{tmp_path / 'train.de'}"
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 3: not UTF-8 text (byte 0x80)")):
+        list(_load(tmp_path, train_file=train_file, streaming=streaming)["train"])
+
+
+def _count_lines(path) -> int:
+    return path.read_bytes().count(b"\n") + 1
+
 def test_unaligned_text_files_name_both_counts(tmp_path):
     source, target = tmp_path / "train.en", tmp_path / "train.de"
     source.write_text("one\ntwo\nthree\n", encoding="utf-8")

@@ -164,6 +164,28 @@ def test_data_errors_are_one_line(tmp_path):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_a_broken_record_on_any_line_ends_train_and_evaluate_in_one_line_naming_it(run_dir, tmp_path):
+    good = [json.dumps({"translation": {"en": "every forest runs", "de": "x y"}})] * 3
+    (tmp_path / "missing.jsonl").write_text("\n".join(good + ['{"translation": {"en": "my dog sleeps"}}']) + "\n")
+    (tmp_path / "mixed.jsonl").write_text("\n".join(good + ['{"en": "my dog sleeps", "de": "z"}']) + "\n")
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 8)
+    cases = {
+        "missing": ("missing.jsonl", "missing.jsonl, line 4: no 'de' text"),
+        "mixed": ("mixed.jsonl", "mixed.jsonl mixes two forms of record: line 1 is"),
+        "binary": ("binary.jsonl", "binary.jsonl, line 2: not UTF-8 text"),
+    }
+    languages = ["--source_lang", "en", "--target_lang", "de"]
+    commands = {
+        f"train {name}": command("train", "--train_file", file, *languages, "--output_dir", "out", "--max_steps", "1")
+        for name, (file, _) in cases.items()
+    }
+    for name in ("missing", "mixed"):
+        commands[f"evaluate {name}"] = command("evaluate", str(run_dir), "--test_file", cases[name][0], *languages)
+    results = run_side_by_side(commands, tmp_path)
+    for name, result in results.items():
+        assert_one_line_error(result, cases[name.split()[1]][1])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
     def failing(error):
         def run(argv):
@@ -181,6 +203,19 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
         failing(KeyError("x"))([])
     with pytest.raises(ZeroDivisionError):
         failing(ZeroDivisionError("x"))([])
+
+
+def test_a_config_value_its_validation_refuses_is_one_line(capsys):
+    # Configs (this package's, transformers') are @strict dataclasses: a bad value raises huggingface_hub's
+    # StrictDataclassError, which names the field and the values it takes.
+    from hf_vanilla_transformer import VanillaTransformerConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        console_script(lambda argv: VanillaTransformerConfig(norm_position="middle"))([])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Validation error for field 'norm_position'")
+    assert "('post', 'pre'), got middle" in lines[0]
 
 
 # --- 4. bad decoding options and devices, before the model loads ---
