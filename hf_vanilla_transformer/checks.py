@@ -8,8 +8,9 @@ said in one sentence; and what translating did that the output alone does not sh
 - `check_device`: a device torch can use on this machine.
 - `tokenizer_max_length`: the input length a model can serve, for `tokenizer.model_max_length`: none for sinusoidal
   positions (§3.5), so that transformers does not warn of "indexing errors" that cannot happen.
-- `check_sentences`: empty sentences (left out, with a warning: their translation is empty) and sentences longer
-  than a model with learned positions can serve (refused, with the numbers).
+- `check_sentences`: empty sentences (left out, with a warning: their translation is empty), sentences longer
+  than a model with learned positions can serve (refused, with the numbers), and sentences far longer than any the
+  model was trained on (translated, with a warning: see `long_input_limit`).
 - `OutputLimitWatch`: which translations stopped at the output length limit (source + 50 tokens, §6.1) before their
   end token, so that a cut translation is said rather than printed as if whole.
 
@@ -208,6 +209,26 @@ def tokenizer_max_length(config) -> int:
     return NO_LENGTH_LIMIT
 
 
+# The generation config's record of the longest training source, in tokens (hf-vanilla-train writes it).
+LONGEST_TRAINING_SOURCE = "longest_training_source"
+# A model translates text like its training data: far past the longest source it saw, translations come out short
+# or garbled (a model trained on sentences of about 30 tokens rendered 2000 words in 13).
+LONG_INPUT_FACTOR = 2
+
+
+def long_input_limit(model) -> tuple[int, str] | None:
+    """The source length (tokens) past which a translation is not to be trusted, and the reason in words: twice the
+    longest training source where the generation config records it (`LONGEST_TRAINING_SOURCE`), else the model's
+    `max_position_embeddings`, the length its config says it serves. None when neither is known."""
+    longest = getattr(model.generation_config, LONGEST_TRAINING_SOURCE, None)
+    if longest:
+        return LONG_INPUT_FACTOR * longest, f"twice the longest source the model was trained on ({longest} tokens)"
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        return positions, f"the model's max_position_embeddings ({positions})"
+    return None
+
+
 def output_limit(generation_config, source_length: int, max_new_tokens: int | None = None) -> int:
     """The most tokens `generate()` makes for a source of `source_length` tokens: `max_new_tokens` when given, else
     the generation config's own, else source length + `max_new_tokens_beyond_source` (§6.1), else its max_length."""
@@ -229,34 +250,53 @@ def _numbers(indices: Sequence[int]) -> str:
 
 def check_sentences(model, tokenizer, sentences: Sequence[str], max_new_tokens: int | None = None) -> list[int]:
     """The indices of the sentences to translate. Empty sentences are left out with a warning (their translation is
-    empty). With learned positions, a sentence longer than `max_position_embeddings` tokens, or whose output limit
-    (see `output_limit`) is, raises ValueError naming it: the model cannot serve it, and nothing is truncated."""
+    empty), and sentences longer than `long_input_limit` are warned of. With learned positions, a sentence longer
+    than `max_position_embeddings` tokens, or whose output limit (see `output_limit`) is, raises ValueError naming
+    it: the model cannot serve it, and nothing is truncated."""
     empty = [i for i, sentence in enumerate(sentences) if not sentence.strip()]
     if len(empty) == 1:
         logger.warning("Sentence %s is empty: its translation is empty.", _numbers(empty))
     elif empty:
         logger.warning("Sentences %s are empty: their translations are empty.", _numbers(empty))
     keep = sorted(set(range(len(sentences))) - set(empty))
-    config = model.config
-    if getattr(config, "position_embedding", None) != "learned" or not keep:
+    if not keep:
         return keep
-    positions = config.max_position_embeddings
-    # verbose=False: the tokenizer's own "indexing errors" warning would say less than the error below.
+    # verbose=False: the tokenizer's own "indexing errors" warning would say less than the messages below.
     lengths = [len(ids) for ids in tokenizer([sentences[i] for i in keep], verbose=False)["input_ids"]]
-    for i, length in zip(keep, lengths):
-        limit = output_limit(model.generation_config, length, max_new_tokens)
-        if length > positions:
-            raise ValueError(
-                f"Sentence {i + 1} is {length} tokens long, but the model's learned positions stop at {positions} "
-                "(max_position_embeddings): shorten it or split it."
-            )
-        if limit > positions:
-            raise ValueError(
-                f"Sentence {i + 1} ({length} tokens) has an output limit of {limit} tokens, but the model's learned "
-                f"positions stop at {positions} (max_position_embeddings): shorten it or split it, or set "
-                f"max_new_tokens to {positions} or less."
-            )
+    config = model.config
+    if getattr(config, "position_embedding", None) == "learned":
+        positions = config.max_position_embeddings
+        for i, length in zip(keep, lengths):
+            limit = output_limit(model.generation_config, length, max_new_tokens)
+            if length > positions:
+                raise ValueError(
+                    f"Sentence {i + 1} is {length} tokens long, but the model's learned positions stop at {positions} "
+                    "(max_position_embeddings): shorten it or split it."
+                )
+            if limit > positions:
+                raise ValueError(
+                    f"Sentence {i + 1} ({length} tokens) has an output limit of {limit} tokens, but the model's "
+                    f"learned positions stop at {positions} (max_position_embeddings): shorten it or split it, or set "
+                    f"max_new_tokens to {positions} or less."
+                )
+    _warn_long(model, keep, lengths)
     return keep
+
+
+def _warn_long(model, indices: Sequence[int], lengths: Sequence[int]) -> None:
+    rule = long_input_limit(model)
+    if rule is None:
+        return
+    limit, reason = rule
+    long = [(i, length) for i, length in zip(indices, lengths) if length > limit]
+    if not long:
+        return
+    which = f"Sentence {long[0][0] + 1} is {long[0][1]} tokens long"
+    if len(long) > 1:
+        which = f"Sentences {_numbers([i for i, _ in long])} are up to {max(n for _, n in long)} tokens long"
+    logger.warning(
+        "%s, more than %s: expect a translation cut short or wrong, and split long text into sentences.", which, reason
+    )
 
 
 class OutputLimitWatch:

@@ -875,6 +875,11 @@ def _preprocess_split(
     return kept, stats
 
 
+def longest_source(dataset: Dataset) -> int:
+    """The most tokens of any source in a split `preprocess_dataset` made (0 when empty), counted by arrow."""
+    return pc.max(dataset.with_format("arrow")["source_length"]).as_py() or 0
+
+
 def preprocess_dataset(
     dataset: Dataset | DatasetDict | IterableDataset | IterableDatasetDict,
     tokenizer,

@@ -116,7 +116,14 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         target_length_column: str = "target_length",
         **kwargs,
     ):
+        model = kwargs.get("model", args[0] if args else None)
+        use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         super().__init__(*args, **kwargs)
+        if use_cache is not None:
+            # The Trainer sets config.use_cache to TrainingArguments.use_cache (False unless asked), which every
+            # checkpoint and the final config.json would then say; the model leaves the cache off itself when
+            # given labels, and generate() wants it.
+            self.model.config.use_cache = use_cache or self.args.use_cache
         if max_tokens_per_batch is not None and max_tokens_per_batch <= 0:
             raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}.")
         if max_tokens_per_batch is not None and isinstance(self.train_dataset, datasets.IterableDataset):

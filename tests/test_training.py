@@ -204,3 +204,14 @@ def test_token_budget_trainer_rejects_bad_budget_and_missing_length_columns(tmp_
     trainer = make_trainer(tmp_path, tokenizer, train.remove_columns("target_length"), max_tokens_per_batch=100)
     with pytest.raises(ValueError, match=r"needs the columns \['target_length'\]"):
         trainer.get_train_dataloader()
+
+
+def test_a_trained_model_is_saved_with_its_cache_on(tmp_path, tokenizer, builtin_pairs):
+    # The Trainer sets config.use_cache to TrainingArguments.use_cache (False); generation uses the cache.
+    train, _ = preprocess_dataset(
+        builtin_pairs["train"], tokenizer, SOURCE_LANG, TARGET_LANG, max_source_length=64, max_target_length=64
+    )
+    trainer = make_trainer(tmp_path, tokenizer, train, max_steps=1)
+    trainer.train()
+    trainer.save_model(tmp_path / "final")  # checkpoints save the same config
+    assert VanillaTransformerConfig.from_pretrained(tmp_path / "final").use_cache is True

@@ -38,7 +38,7 @@ from transformers import (
 
 from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, table3_training_arguments
 from hf_vanilla_transformer._io import publish_folder
-from hf_vanilla_transformer.checks import check_model_source, tokenizer_max_length
+from hf_vanilla_transformer.checks import LONGEST_TRAINING_SOURCE, check_model_source, tokenizer_max_length
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.modeling_vanilla_transformer import paper_generation_config
 from hf_vanilla_transformer.data import (
@@ -46,6 +46,7 @@ from hf_vanilla_transformer.data import (
     TARGET_LANG,
     load_builtin_dataset,
     load_parallel_data,
+    longest_source,
     preprocess_dataset,
 )
 from hf_vanilla_transformer.model_card import write_run_card
@@ -533,6 +534,12 @@ def run(argv: list[str] | None = None) -> dict:
     logger.info("Data after filtering: %s", stats)
     if training_args.do_train and not data_args.streaming and len(processed["train"]) == 0:
         raise ValueError("No training pairs are left after filtering; see the counts above (raise --max_source_length?).")
+    recorded = getattr(model.generation_config, LONGEST_TRAINING_SOURCE, None)
+    if training_args.do_train and (recorded or not model_args.model_name_or_path):
+        # Saved for check_sentences, which warns of inputs far longer; a stream is bounded by the filter only. A
+        # pretrained model without a record saw sources of unknown length and keeps none.
+        longest = data_args.max_source_length if data_args.streaming else longest_source(processed["train"])
+        setattr(model.generation_config, LONGEST_TRAINING_SOURCE, max(longest, recorded or 0))
 
     max_tokens_per_batch = recipe_args.max_tokens_per_batch
     if data_args.streaming and max_tokens_per_batch is not None:

@@ -136,6 +136,11 @@ def test_output_folder_is_a_complete_model(builtin_run):
     assert generation["num_beams"] == 4 and generation["length_penalty"] == 0.6  # §6.1
     assert generation["max_new_tokens_beyond_source"] == 50
     assert generation["decoder_start_token_id"] == tokenizer.bos_token_id
+    # Kept for the warning of inputs far longer: the built-in task's sources are a few dozen tokens.
+    assert 10 <= generation["longest_training_source"] <= 100
+    # The Trainer turns the cache off for training; the saved model decodes with it.
+    assert json.loads((output_dir / "config.json").read_text()).get("use_cache", True) is True
+    assert model.config.use_cache is True
 
     scores = json.loads((output_dir / "all_results.json").read_text())
     for key in ("test_bleu", "test_chrf", "test_exact_match", "train_loss"):

@@ -240,6 +240,9 @@ def test_empty_cut_and_very_long_sentences_are_said(endless_dir, tmp_path):
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # one line per sentence; the empty one empty
     assert "Sentence 2 is empty: its translation is empty." in warnings_in(result)[0]
     assert "translations of sentences 1, 3 stopped at the output length limit (3 new tokens)" in result.err
+    # 1200 words, where the model was trained on sentences of a few dozen tokens: translated, with a warning.
+    long = [line for line in warnings_in(result) if line.startswith("WARNING: Sentence 3 is ")]
+    assert len(long) == 1 and "tokens long, more than twice the longest source the model was trained on (" in long[0]
     # Sinusoids serve any length: no "indexing errors" warning for 1200 tokens.
     assert "indexing errors" not in result.err and "Token indices sequence length" not in result.err
 
