@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import shutil
 
 import datasets
 import numpy as np
 import sacrebleu
+import torch
 from accelerate.data_loader import DataLoaderShard
 from torch.utils.data import DataLoader
-from transformers import Seq2SeqTrainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, get_last_checkpoint, rotate_checkpoints
+from transformers import Seq2SeqTrainer, TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    SaveStrategy,
+    TrainOutput,
+    get_last_checkpoint,
+    rotate_checkpoints,
+)
 
 from ._io import publish_folder
 from .batching import TokenBudgetBatchSampler
@@ -71,6 +80,10 @@ def make_compute_metrics(tokenizer):
         return {k: v for k, v in scores.items() if not k.endswith("signature")}
 
     return compute_metrics
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights stopped being finite numbers; training stopped before saving them."""
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -144,6 +157,69 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         if self.label_smoothing and "labels" in inputs and model.training:
             inputs = {**inputs, "label_smoothing": self.label_smoothing}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs) -> TrainOutput:
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint and self._is_last_step(resume_from_checkpoint):
+            # Resumed at its last step, the Trainer would train one step more (past max_steps) or none, and report
+            # a loss of 0 either way. Load the checkpoint and train nothing: there are no training figures to give.
+            logger.info("%s is the run's last step: nothing is left to train.", resume_from_checkpoint)
+            self._load_from_checkpoint(resume_from_checkpoint)
+            self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+            return TrainOutput(self.state.global_step, None, {})
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _is_last_step(self, checkpoint: str) -> bool:
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        if self.args.max_steps > 0:
+            return state.global_step >= self.args.max_steps
+        same_epochs = state.num_train_epochs == math.ceil(self.args.num_train_epochs)
+        return same_epochs and 0 < state.max_steps <= state.global_step
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # A NaN or infinite loss gives NaN gradients, and the optimizer step after it NaN weights: stop before that
+        # step. The Trainer reads every step's loss on the host anyway, so this waits for nothing more (its
+        # logging_nan_inf_filter would log an average in place of the NaN and go on training NaN weights).
+        losses = loss.detach().float().reshape(1)
+        if self.args.world_size > 1:  # all processes stop together; one alone would leave the others waiting
+            losses = self.accelerator.gather(losses)
+        if not torch.isfinite(losses).all():
+            value = losses[~torch.isfinite(losses)][0].item()
+            raise TrainingDiverged(self._stopped(f"at step {self.state.global_step + 1}: the loss became {value}"))
+        return loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Checkpoints and the final model both come through here: never write weights that are not numbers.
+        model = self.accelerator.unwrap_model(self.model)
+        finite = float(all(torch.isfinite(p).all() for p in model.parameters()))
+        finite = torch.tensor([finite], device=self.args.device)
+        if self.args.world_size > 1:  # every process stops, or none
+            finite = self.accelerator.gather(finite)
+        if not finite.all():
+            bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+            bad = bad or "a weight of another process"
+            raise TrainingDiverged(self._stopped(f"by step {self.state.global_step}: {bad} is no longer finite"))
+        super().save_model(output_dir, _internal_call=_internal_call)
+
+    def _stopped(self, what: str) -> str:
+        checkpoint = last_complete_checkpoint(self.args.output_dir)
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been saved before"
+        return (
+            f"Training diverged {what}. It stopped there and saved nothing; {kept}. A lower learning rate, a longer "
+            "warm-up or gradient clipping (max_grad_norm) usually helps."
+        )
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # A checkpoint stores tied weights once (safetensors keeps no aliases) and loading fills the others through
+        # the tie, so they are not missing: the Trainer would warn about them on every resume.
+        model = self.accelerator.unwrap_model(self.model)
+        tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            model.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def get_train_dataloader(self) -> DataLoader:
         if self.max_tokens_per_batch is None:

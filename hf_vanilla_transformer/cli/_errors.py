@@ -35,7 +35,9 @@ def one_line(error: BaseException) -> str:
 
 def console_script(run: Callable[[list[str]], object]) -> Callable[[list[str] | None], None]:
     """The `main(argv=None)` of a console script whose work is `run(argv)`: it returns nothing (exit status 0), and a
-    user error (see the module's rule) ends it with `error: <message>` and exit status 2."""
+    user error (see the module's rule) ends it with `error: <message>` and exit status 2. Ctrl-C ends it with one line,
+    `interrupted` (and what to do next, when the command said so), and exit status 130, as for any program that
+    SIGINT stops."""
 
     @functools.wraps(run)
     def main(argv: list[str] | None = None) -> None:
@@ -47,6 +49,11 @@ def console_script(run: Callable[[list[str]], object]) -> Callable[[list[str] | 
                 raise
             print(f"error: {one_line(error)}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt as interrupt:
+            if shows_traceback(argv):
+                raise
+            print(f"\ninterrupted: {interrupt}" if str(interrupt) else "\ninterrupted", file=sys.stderr)
+            raise SystemExit(130) from None
 
     main.__name__ = main.__qualname__ = "main"
     return main

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -40,6 +41,7 @@ from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, tabl
 from hf_vanilla_transformer._io import publish_folder
 from hf_vanilla_transformer.checks import LONGEST_TRAINING_SOURCE, check_model_source, tokenizer_max_length
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
+from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove_previous_run, write_results
 from hf_vanilla_transformer.modeling_vanilla_transformer import paper_generation_config
 from hf_vanilla_transformer.data import (
     SOURCE_LANG,
@@ -123,7 +125,7 @@ class DataArguments:
 
 @dataclass
 class RecipeArguments:
-    _argument_group_name = "recipe and decoding"
+    _argument_group_name = "recipe, decoding and re-runs"
 
     recipe: str | None = field(
         default=None,
@@ -149,6 +151,13 @@ class RecipeArguments:
         default=50, metadata={"help": "Maximum output length = input length + this (§6.1: 50)."}
     )
     num_samples_to_show: int = field(default=5, metadata={"help": "Test sentences printed with their translations."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train from scratch into an output folder that holds a run or a model, replacing it. Without it, "
+            "a run of the same model with steps left (or asked for more) is resumed and anything else refused."
+        },
+    )
 
 
 def _recipe_path(name_or_path: str) -> Path:
@@ -360,10 +369,15 @@ def _limit(dataset, limit: int | None):
     return dataset.select(range(min(limit, len(dataset))))
 
 
-def build_tokenizer(model_args: ModelArguments, train_split, source_lang: str, target_lang: str, streaming: bool):
+def named_tokenizer(model_args: ModelArguments):
+    """The tokenizer the arguments name (--tokenizer_name, or the pretrained model's), or None."""
     name = model_args.tokenizer_name or model_args.model_name_or_path
-    if name:
-        return AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir)
+    return AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir) if name else None
+
+
+def build_tokenizer(model_args: ModelArguments, train_split, source_lang: str, target_lang: str, streaming: bool):
+    if model_args.tokenizer_name or model_args.model_name_or_path:
+        return named_tokenizer(model_args)
     limit = model_args.tokenizer_train_samples or (100_000 if streaming else None)
     pairs = _limit(train_split, limit)
 
@@ -388,6 +402,20 @@ def build_model(model_args: ModelArguments, training_args, tokenizer):
                 "(drop --tokenizer_name) or call model.resize_token_embeddings first."
             )
         return model
+    config = model_config(model_args, tokenizer)
+    config._attn_implementation = model_args.attn_implementation
+    from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+    return VanillaTransformerForConditionalGeneration(config)
+
+
+def model_config(model_args: ModelArguments, tokenizer):
+    """The config the arguments ask for: the pretrained model's, or a Table 3 row with the overrides, sized for the
+    tokenizer."""
+    if model_args.model_name_or_path:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     values = {
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
@@ -399,11 +427,7 @@ def build_model(model_args: ModelArguments, training_args, tokenizer):
     missing = [k for k in ("pad_token_id", "bos_token_id", "eos_token_id") if values[k] is None]
     if missing:
         raise ValueError(f"The tokenizer has no {', '.join(missing)}; the model needs pad, bos and eos tokens.")
-    config = table3_config(model_args.preset, **values)
-    config._attn_implementation = model_args.attn_implementation
-    from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
-
-    return VanillaTransformerForConditionalGeneration(config)
+    return table3_config(model_args.preset, **values)
 
 
 def command_line_names(argv: list[str] | None) -> set[str]:
@@ -466,9 +490,39 @@ def save_final(trainer, tokenizer, output_dir: str) -> None:
     trainer.save_model(staging)
     if trainer.args.should_save:
         tokenizer.save_pretrained(staging)
+        trainer.state.save_to_json(os.path.join(staging, "trainer_state.json"))  # the loss curve (log_history)
         publish_folder(staging, output_dir, merge=True)
         shutil.rmtree(os.path.join(output_dir, STAGING_DIR), ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+
+
+def close_progress_bar(trainer) -> None:
+    """Close the Trainer's progress bar of a run that stops early (it would be redrawn at exit, after the message)."""
+    for callback in trainer.callback_handler.callbacks:
+        if getattr(callback, "training_bar", None) is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
+BOOLS = ("true", "false", "yes", "no", "1", "0", "t", "f", "y", "n")  # what argparse takes for a bool option
+
+
+def interrupted(trainer, argv: list[str] | None) -> str:
+    """Where a run stopped by Ctrl-C can be resumed from, and the command that does it."""
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir)
+    stopped = f"Training stopped at step {trainer.state.global_step}"
+    if checkpoint is None:
+        return f"{stopped}, before its first checkpoint: the same command starts it again from scratch."
+    command, values = [], list(sys.argv[1:] if argv is None else argv)
+    for i, item in enumerate(values):  # without --overwrite_output_dir, which would start from scratch again
+        flag = item.split("=", 1)[0] in ("--overwrite_output_dir", "--overwrite-output-dir")
+        value = i and values[i - 1] in ("--overwrite_output_dir", "--overwrite-output-dir") and item.lower() in BOOLS
+        if not (flag or value):
+            command.append(item)
+    if "--resume_from_checkpoint" in command[:-1]:
+        command[command.index("--resume_from_checkpoint") + 1] = checkpoint
+    command = shlex.join(["hf-vanilla-train", *command])
+    return f"{stopped}; the last checkpoint is {checkpoint}. Resume from it with: {command}"
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -499,11 +553,23 @@ def run(argv: list[str] | None = None) -> dict:
         )
     if model_args.tokenizer_name:
         check_model_source(model_args.tokenizer_name, needs_config=False, cache_dir=model_args.cache_dir)
+    plan = plan_output_folder(  # a finished run, or one of another model, is refused here
+        training_args.output_dir,
+        overwrite=recipe_args.overwrite_output_dir,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+        do_train=training_args.do_train,
+        max_steps=training_args.max_steps,
+        num_train_epochs=training_args.num_train_epochs,
+        asked_config=lambda tokenizer: model_config(model_args, tokenizer),
+        named_tokenizer=lambda: named_tokenizer(model_args),
+    )
     raw, source_lang, target_lang = load_data(data_args, model_args.cache_dir)
     if "train" not in raw and training_args.do_train:
         raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
     with training_args.main_process_first(desc="tokenizer"):
-        tokenizer = build_tokenizer(model_args, raw["train"], source_lang, target_lang, data_args.streaming)
+        tokenizer = plan.tokenizer  # a resumed run's own
+        if tokenizer is None:
+            tokenizer = build_tokenizer(model_args, raw["train"], source_lang, target_lang, data_args.streaming)
     model = build_model(model_args, training_args, tokenizer)
     tokenizer.model_max_length = tokenizer_max_length(model.config)  # saved with it: no limit for sinusoids
     resolve_label_smoothing(model_args, training_args, command_line_names(argv))
@@ -567,12 +633,25 @@ def run(argv: list[str] | None = None) -> dict:
 
     results = {}
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
+        if plan.overwrite and training_args.should_save:
+            remove_previous_run(training_args.output_dir)
+        trainer.accelerator.wait_for_everyone()
+        checkpoint = plan.checkpoint
         if checkpoint:
-            logger.info("Resuming from %s", checkpoint)
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        save_final(trainer, tokenizer, training_args.output_dir)
-        trainer.save_state()  # trainer_state.json: the loss curve (log_history) beside the final model
+            logger.info(
+                "Resuming from %s (step %d), with its tokenizer: %s holds a run of the same model with steps left "
+                "to train (--overwrite_output_dir would start again from scratch).",
+                checkpoint, plan.step, training_args.output_dir,
+            )  # fmt: skip
+        try:
+            train_result = trainer.train(resume_from_checkpoint=checkpoint)
+            save_final(trainer, tokenizer, training_args.output_dir)
+        except BaseException as error:
+            close_progress_bar(trainer)  # first, so that the one line about what happened is not drawn over
+            if isinstance(error, KeyboardInterrupt):
+                raise KeyboardInterrupt(interrupted(trainer, argv)) from None
+            raise
+        # A run resumed at its last step trains nothing and has no figures (train_result.metrics is empty).
         results.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()})
 
     test_split = processed.get("test")
@@ -594,11 +673,11 @@ def run(argv: list[str] | None = None) -> dict:
                 print(f"  [{mark}] {src}\n        -> {hyp}\n   ref: {ref}")
     results["total_seconds"] = round(time.time() - started, 1)
     if training_args.should_save:
-        trainer.save_metrics("all", results, combined=False)
         write_run_card(
             trainer, model_args=model_args, data_args=data_args, recipe_args=recipe_args, raw=raw, stats=stats,
             results=results, source_lang=source_lang, target_lang=target_lang,
         )  # fmt: skip
+        write_results(training_args.output_dir, results)  # last: the folder now holds a finished run
         print("\nFinal scores:", json.dumps({k: v for k, v in results.items() if not k.endswith("signature")}, indent=2))
         if "test_bleu_signature" in results:
             print("sacreBLEU signature:", results["test_bleu_signature"])
