@@ -10,7 +10,7 @@ pipeline registry; `hf_vanilla_transformer.pipeline` is `transformers.pipeline` 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_vanilla_transformer import TABLE3, VanillaTransformerConfig, table3_config, table3_training_arguments
+from .configuration_vanilla_transformer import TABLE3, VanillaTransformerConfig, table3_config
 from .modeling_vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
@@ -39,8 +39,20 @@ register_with_transformers()
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Table 3's training values live with the Trainer; imported on first use, so that importing the package does not
+    # import the training stack (datasets, sacrebleu, accelerate).
+    if name in ("TABLE3_TRAINING", "table3_training_arguments"):
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "TABLE3",
+    "TABLE3_TRAINING",
     "Text2TextGenerationPipeline",
     "TranslationPipeline",
     "VanillaTransformerConfig",

@@ -1,23 +1,22 @@
 """Configuration of the vanilla Transformer: every choice of Vaswani et al. (2017) in one place.
 
 The defaults are the paper's "base" model (§3, Table 3 first row). `VanillaTransformerConfig.big()` gives
-the "big" model and `table3_config(row)` any row of Table 3.
+the "big" model and `table3_config(row)` any row of Table 3. Values are checked by `huggingface_hub`'s `@strict`
+dataclass validation, as transformers' own configs are: each field's type and range on assignment, and what no
+single field shows in `validate_architecture` and `validate_token_ids`.
 """
 
-from __future__ import annotations
+from typing import Literal
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
-from transformers.utils import logging
+from transformers.utils.type_validators import interval
 
-logger = logging.get_logger(__name__)
-
-POSITION_EMBEDDINGS = ("sinusoidal", "learned")
-POSITION_LAYOUTS = ("interleaved", "split")
-NORM_POSITIONS = ("post", "pre")
-INIT_SCHEMES = ("xavier", "normal")
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
+positive = interval(min=1)
+probability = interval(min=0.0, max=1.0, exclude_max=True)
 
 
+@strict
 class VanillaTransformerConfig(PreTrainedConfig):
     r"""
     Configuration of [`VanillaTransformerModel`] and [`VanillaTransformerForConditionalGeneration`].
@@ -74,30 +73,30 @@ class VanillaTransformerConfig(PreTrainedConfig):
         "head_dim": "d_k",
     }
 
-    vocab_size: int = 37000
-    d_model: int = 512
-    d_ff: int = 2048
-    num_heads: int = 8
+    vocab_size: int = positive(default=37000)
+    d_model: int = positive(default=512)
+    d_ff: int = positive(default=2048)
+    num_heads: int = positive(default=8)
     d_k: int | None = None
     d_v: int | None = None
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    activation_function: str = "relu"
-    position_embedding: str = "sinusoidal"
-    position_layout: str = "interleaved"
-    max_position_embeddings: int = 1024
+    encoder_layers: int = interval(min=0)(default=6)
+    decoder_layers: int = interval(min=0)(default=6)
+    dropout: float | int = probability(default=0.1)
+    attention_dropout: float | int = probability(default=0.0)
+    activation_dropout: float | int = probability(default=0.0)
+    activation_function: Literal["relu", "gelu", "gelu_new", "silu", "swish", "tanh"] = "relu"
+    position_embedding: Literal["sinusoidal", "learned"] = "sinusoidal"
+    position_layout: Literal["interleaved", "split"] = "interleaved"
+    max_position_embeddings: int = positive(default=1024)
     scale_embedding: bool = True
-    norm_position: str = "post"
+    norm_position: Literal["post", "pre"] = "post"
     share_encoder_decoder_embeddings: bool = True
     decoder_vocab_size: int | None = None
     tie_word_embeddings: bool = True
     final_logits_bias: bool = False
-    init_scheme: str = "xavier"
-    init_std: float = 0.02
-    layer_norm_eps: float = 1e-5
+    init_scheme: Literal["xavier", "normal"] = "xavier"
+    init_std: float | int = interval(min=0.0, exclude_min=True)(default=0.02)
+    layer_norm_eps: float | int = interval(min=0.0, exclude_min=True)(default=1e-5)
     chunked_loss: bool = True
     use_cache: bool = True
     is_encoder_decoder: bool = True
@@ -107,102 +106,65 @@ class VanillaTransformerConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = 1
 
     def __post_init__(self, **kwargs):
-        legacy_smoothing = kwargs.pop("label_smoothing", None)
-        if legacy_smoothing:  # written by versions whose model loss was label-smoothed
-            logger.warning(
-                f"This config sets label_smoothing={legacy_smoothing}, which the model no longer reads: its loss is "
-                "plain cross-entropy, as in every transformers model. Train with label smoothing through the "
-                "Trainer's label_smoothing_factor (hf-vanilla-train's recipes set 0.1)."
-            )
-        # Derive the head sizes only from valid sizes; `_check` reports the invalid ones by name.
-        derive = isinstance(self.d_model, int) and isinstance(self.num_heads, int) and self.num_heads > 0
-        if derive and (self.d_k is None or self.d_v is None) and self.d_model % self.num_heads:
-            unset = " and ".join(name for name in ("d_k", "d_v") if getattr(self, name) is None)
+        # Unset head sizes stay None where num_heads does not divide d_model; validate_architecture says so.
+        per_head = self.d_model // self.num_heads if self.d_model % self.num_heads == 0 else None
+        self.d_k = per_head if self.d_k is None else self.d_k
+        self.d_v = per_head if self.d_v is None else self.d_v
+        self.decoder_vocab_size = self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation: the head sizes, the sinusoids' pairs and the shared embedding."""
+        unset = " and ".join(name for name in ("d_k", "d_v") if getattr(self, name) is None)
+        if unset:
             raise ValueError(
                 f"num_heads={self.num_heads} does not divide d_model={self.d_model}, so {unset} cannot default to "
                 f"d_model // num_heads. Choose a num_heads that divides d_model, or set {unset} explicitly "
                 "(the heads' total width may then differ from d_model, as in Table 3 rows A and B)."
             )
-        if self.d_k is None and derive:
-            self.d_k = self.d_model // self.num_heads
-        if self.d_v is None and derive:
-            self.d_v = self.d_model // self.num_heads
-        if self.decoder_vocab_size is None:
-            self.decoder_vocab_size = self.vocab_size
-        super().__post_init__(**kwargs)
-        self._check()
-
-    def _check(self) -> None:
-        sizes = ("vocab_size", "decoder_vocab_size", "d_model", "d_ff", "num_heads", "d_k", "d_v", "max_position_embeddings")
-        for name in sizes:
-            _require_positive_int(name, getattr(self, name))
-        for name in ("encoder_layers", "decoder_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
-        for name, allowed in (
-            ("position_embedding", POSITION_EMBEDDINGS),
-            ("position_layout", POSITION_LAYOUTS),
-            ("norm_position", NORM_POSITIONS),
-            ("init_scheme", INIT_SCHEMES),
-            ("activation_function", ACTIVATIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}.")
+        for name in ("d_k", "d_v", "decoder_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.position_embedding == "sinusoidal" and self.d_model % 2:
             raise ValueError(
                 f"d_model must be even for sinusoidal positions (sin and cos pairs, §3.5), got {self.d_model}. "
                 "Use an even d_model or position_embedding='learned'."
             )
-        for name in ("chunked_loss", "final_logits_bias"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.share_encoder_decoder_embeddings and self.decoder_vocab_size != self.vocab_size:
             raise ValueError(
                 f"decoder_vocab_size={self.decoder_vocab_size} differs from vocab_size={self.vocab_size}, but one "
                 "embedding is shared by source and target: set share_encoder_decoder_embeddings=False for two "
                 "vocabularies."
             )
-        if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
-            raise ValueError(f"init_std must be a positive number, got {self.init_std!r}.")
-        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
-            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}.")
+
+    def validate_token_ids(self):
+        """Part of `@strict`-powered validation: every special token is an id that both embeddings hold."""
+        vocabulary = min(self.vocab_size, self.decoder_vocab_size)
         eos_ids = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
-        vocabulary = min(self.vocab_size, self.decoder_vocab_size)  # the ids both embeddings must hold
         for name, value in (
             ("pad_token_id", self.pad_token_id),
             ("bos_token_id", self.bos_token_id),
             ("decoder_start_token_id", self.decoder_start_token_id),
             *(("eos_token_id", v) for v in eos_ids),
         ):
-            if value is not None and not (isinstance(value, int) and 0 <= value < vocabulary):
-                raise ValueError(
-                    f"{name} must be None or a token id in [0, vocab_size={vocabulary}), got {value!r}."
-                )
+            if value is not None and not 0 <= value < vocabulary:
+                raise ValueError(f"{name} must be None or a token id in [0, vocab_size={vocabulary}), got {value!r}.")
 
     @classmethod
-    def base(cls, **overrides) -> VanillaTransformerConfig:
-        """The paper's base model: N=6, d_model=512, d_ff=2048, h=8, P_drop=0.1, eps_ls=0.1."""
+    def base(cls, **overrides) -> "VanillaTransformerConfig":
+        """The paper's base model: N=6, d_model=512, d_ff=2048, h=8, P_drop=0.1."""
         return table3_config("base", **overrides)
 
     @classmethod
-    def big(cls, **overrides) -> VanillaTransformerConfig:
-        """The paper's big model: N=6, d_model=1024, d_ff=4096, h=16, P_drop=0.3, eps_ls=0.1."""
+    def big(cls, **overrides) -> "VanillaTransformerConfig":
+        """The paper's big model: N=6, d_model=1024, d_ff=4096, h=16, P_drop=0.3."""
         return table3_config("big", **overrides)
-
-
-def _require_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 # Table 3 of the paper: each row as the config values that differ from the base row. Blank cells of
 # the table are the base values. Where the paper's row leaves d_k/d_v blank but changes h or d_model,
-# the per-head sizes are written out so the row is exactly the paper's.
+# the per-head sizes are written out so the row is exactly the paper's. Rows D3 and D4 vary label smoothing, a
+# training value (training.TABLE3_TRAINING).
 TABLE3 = {
     "base": {},
     "A1": {"num_heads": 1, "d_k": 512, "d_v": 512},
@@ -220,21 +182,14 @@ TABLE3 = {
     "C7": {"d_ff": 4096},
     "D1": {"dropout": 0.0},
     "D2": {"dropout": 0.2},
-    "D3": {},  # epsilon_ls = 0: a training value, see TABLE3_TRAINING
+    "D3": {},  # epsilon_ls = 0
     "D4": {},  # epsilon_ls = 0.2
     "E": {"position_embedding": "learned", "max_position_embeddings": 1024},
     "big": {"d_model": 1024, "d_ff": 4096, "num_heads": 16, "dropout": 0.3},
 }
 
 
-# What Table 3 varies in training rather than in the model, as the Trainer's arguments: epsilon_ls is 0.1 in every
-# row but D3 and D4 (§5.4).
-TABLE3_TRAINING = {row: {"label_smoothing_factor": 0.1} for row in TABLE3}
-TABLE3_TRAINING["D3"] = {"label_smoothing_factor": 0.0}
-TABLE3_TRAINING["D4"] = {"label_smoothing_factor": 0.2}
-
-
-def _check_row(row: str) -> None:
+def check_table3_row(row: str) -> None:
     if row not in TABLE3:
         raise ValueError(f"Unknown Table 3 row {row!r}; choose one of {', '.join(TABLE3)}.")
 
@@ -246,14 +201,8 @@ def table3_config(row: str, **overrides) -> VanillaTransformerConfig:
     `vocab_size`) are applied on top. Rows D3 and D4 differ from the base model in training only:
     `table3_training_arguments(row)` gives their label smoothing.
     """
-    _check_row(row)
+    check_table3_row(row)
     return VanillaTransformerConfig(**{**TABLE3[row], **overrides})
 
 
-def table3_training_arguments(row: str) -> dict[str, float]:
-    """The Trainer arguments a row of Table 3 sets (its label smoothing epsilon_ls as `label_smoothing_factor`)."""
-    _check_row(row)
-    return dict(TABLE3_TRAINING[row])
-
-
-__all__ = ["VanillaTransformerConfig", "TABLE3", "TABLE3_TRAINING", "table3_config", "table3_training_arguments"]
+__all__ = ["VanillaTransformerConfig", "TABLE3", "table3_config"]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import get_args
 
 import torch
 
-from .configuration_vanilla_transformer import ACTIVATIONS, VanillaTransformerConfig
+from .configuration_vanilla_transformer import VanillaTransformerConfig
+
+ACTIVATIONS = get_args(VanillaTransformerConfig.__dataclass_fields__["activation_function"].type)
 
 # Marian's module names within a layer -> ours.
 LAYER_MODULES = {

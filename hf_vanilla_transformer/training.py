@@ -28,6 +28,7 @@ from transformers.trainer_utils import (
 
 from ._io import publish_folder
 from .batching import TokenBudgetBatchSampler
+from .configuration_vanilla_transformer import TABLE3, check_table3_row
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,19 @@ def paper_learning_rate(d_model: int, warmup_steps: int) -> float:
     if d_model <= 0 or warmup_steps <= 0:
         raise ValueError(f"d_model and warmup_steps must be positive, got {d_model} and {warmup_steps}.")
     return d_model**-0.5 * warmup_steps**-0.5
+
+
+# What Table 3 varies in training rather than in the model, as the Trainer's arguments: epsilon_ls is 0.1 in every
+# row but D3 and D4 (§5.4).
+TABLE3_TRAINING = {row: {"label_smoothing_factor": 0.1} for row in TABLE3}
+TABLE3_TRAINING["D3"] = {"label_smoothing_factor": 0.0}
+TABLE3_TRAINING["D4"] = {"label_smoothing_factor": 0.2}
+
+
+def table3_training_arguments(row: str) -> dict[str, float]:
+    """The Trainer arguments a row of Table 3 sets (its label smoothing epsilon_ls as `label_smoothing_factor`)."""
+    check_table3_row(row)
+    return dict(TABLE3_TRAINING[row])
 
 
 def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float | str]:

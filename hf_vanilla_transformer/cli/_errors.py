@@ -1,9 +1,10 @@
 """How every console script meets a mistake: one line on standard error, `error: <what is wrong>`, and exit status 2.
 
-The rule: ValueError, OSError (FileNotFoundError, a Hub or network failure, ...) and ImportError are how this
-package, transformers, datasets and huggingface_hub say that an argument, a file, a name or the installation is
-wrong. A console script prints such an exception's message on one line, without the traceback; `--debug` (for
-hf-vanilla-train, whose `--debug` is the Trainer's: `--log_level debug`) shows the traceback too. Any other exception
+The rule: ValueError, OSError (FileNotFoundError, a Hub or network failure, ...), ImportError and a config's
+validation error (huggingface_hub's StrictDataclassError) are how this package, transformers, datasets and
+huggingface_hub say that an argument, a file, a name, a config value or the installation is wrong. A console script
+prints such an exception's message on one line, without the traceback; `--debug` (for hf-vanilla-train, whose
+`--debug` is the Trainer's: `--log_level debug`) shows the traceback too. Any other exception
 is a bug and keeps its traceback. Argument errors are one line as well, and options may stand anywhere among the
 positional arguments (`hf-vanilla-translate MODEL --num_beams 1 "a sentence"`).
 """
@@ -28,6 +29,13 @@ def shows_traceback(argv: list[str]) -> bool:
     return False
 
 
+def is_user_error(error: BaseException) -> bool:
+    """Whether `error` is one of the module's rule. A @strict config (this package's, transformers') refuses a value
+    with huggingface_hub's StrictDataclassError, looked up once huggingface_hub is loaded: only then can one occur."""
+    strict_errors = getattr(sys.modules.get("huggingface_hub.errors"), "StrictDataclassError", ())
+    return isinstance(error, (*USER_ERRORS, strict_errors))
+
+
 def one_line(error: BaseException) -> str:
     """The exception's message on one line (transformers' and huggingface_hub's messages span several)."""
     return " ".join(str(error).split()) or type(error).__name__
@@ -44,8 +52,8 @@ def console_script(run: Callable[[list[str]], object]) -> Callable[[list[str] | 
         argv = list(sys.argv[1:] if argv is None else argv)
         try:
             run(argv)
-        except USER_ERRORS as error:
-            if shows_traceback(argv):
+        except Exception as error:
+            if shows_traceback(argv) or not is_user_error(error):
                 raise
             print(f"error: {one_line(error)}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -206,6 +206,19 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
         failing(ZeroDivisionError("x"))([])
 
 
+def test_a_config_value_its_validation_refuses_is_one_line(capsys):
+    # Configs (this package's, transformers') are @strict dataclasses: a bad value raises huggingface_hub's
+    # StrictDataclassError, which names the field and the values it takes.
+    from hf_vanilla_transformer import VanillaTransformerConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        console_script(lambda argv: VanillaTransformerConfig(norm_position="middle"))([])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Validation error for field 'norm_position'")
+    assert "('post', 'pre'), got middle" in lines[0]
+
+
 # --- 4. bad decoding options and devices, before the model loads ---
 
 
