@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_vanilla_transformer import TABLE3, VanillaTransformerConfig, table3_config
+from .convert_marian import from_marian
 from .modeling_vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
@@ -18,7 +19,7 @@ from .modeling_vanilla_transformer import (
 )
 from .pipeline_vanilla_transformer import PIPELINES, Text2TextGenerationPipeline, TranslationPipeline
 from .quantization import load_int8, quantize_int8  # also registers the int8 folders' quantization config
-from .translation import pipeline
+from .translation import paper_generation_config, pipeline
 
 
 
@@ -59,7 +60,9 @@ __all__ = [
     "VanillaTransformerForConditionalGeneration",
     "VanillaTransformerModel",
     "VanillaTransformerPreTrainedModel",
+    "from_marian",
     "load_int8",
+    "paper_generation_config",
     "pipeline",
     "quantize_int8",
     "register_with_transformers",

@@ -4,8 +4,8 @@ A `MarianMTModel` is the Transformer of the paper with a few choices of its own,
 sinusoids with the sines in the first half of the dimensions (`position_layout="split"`), a fixed bias on the
 logits (`final_logits_bias`), the SiLU ("swish") feed-forward activation of Opus-MT, optionally separate source
 and target vocabularies (`share_encoder_decoder_embeddings=False`, `decoder_vocab_size`), and its pad token as
-the decoder start token. `convert_marian` copies the weights across; `VanillaTransformerForConditionalGeneration.
-from_marian(name_or_path)` and `hf-vanilla-convert --from marian SRC OUT` call it.
+the decoder start token. `convert_marian` copies the weights across; `from_marian(name_or_path)` (exported by the
+package) and `hf-vanilla-convert --from marian SRC OUT` call it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import get_args
 import torch
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
+from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
 
 ACTIVATIONS = get_args(VanillaTransformerConfig.__dataclass_fields__["activation_function"].type)
 
@@ -106,8 +107,6 @@ def marian_weight_names(config: VanillaTransformerConfig) -> dict[str, str]:
 def convert_marian(marian):
     """Our `VanillaTransformerForConditionalGeneration` holding a `MarianMTModel`'s weights (and its generation
     config), in eval mode: its logits are Marian's."""
-    from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
-
     config = marian_config(marian.config)
     config._attn_implementation = marian.config._attn_implementation
     theirs = marian.state_dict()

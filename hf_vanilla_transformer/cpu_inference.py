@@ -157,9 +157,7 @@ class InferenceSublayer(VanillaTransformerSublayer):
     def forward(self, x, sublayer):
         if self.training:
             return super().forward(x, sublayer)
-        output, *extra = sublayer(self.norm(x) if self.pre_norm else x)
-        x = x + output
-        return (x if self.pre_norm else self.norm(x), *extra)
+        return x + sublayer(self.norm(x)) if self.pre_norm else self.norm(x + sublayer(x))
 
 
 class InferenceFeedForward(VanillaTransformerFeedForward):

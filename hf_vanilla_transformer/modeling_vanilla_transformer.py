@@ -1,8 +1,10 @@
 """The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), in the paper's order.
 
-§3.5 positional encoding, §3.2 attention, §3.3 feed-forward, §3.1 encoder and decoder layers and stacks,
-§3.4 embeddings and the pre-softmax projection. This file imports only torch, transformers, its configuration
-and loss.py, so a saved model folder carries all three and loads with `trust_remote_code=True`.
+§3.5 positional encoding, §3.2 attention, §3.3 feed-forward, §3.1 encoder and decoder layers and stacks, §3.4
+embeddings and the pre-softmax projection. This file imports only torch, transformers, its configuration and loss.py
+(and, when saving, the pipelines' file, named in config.json), so a saved folder carries those and loads with
+`trust_remote_code=True`. No forward reads a tensor's values (on a GPU, a device-to-host sync per step): token ids are
+checked where they enter (tokenizer, pipeline, command line); here only shapes, where a wrong one fails cryptically.
 """
 
 from __future__ import annotations
@@ -19,16 +21,13 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
-from transformers.modeling_flash_attention_utils import FlashAttentionKwargs
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
-    BaseModelOutput,
-    BaseModelOutputWithPastAndCrossAttentions,
-    Seq2SeqLMOutput,
-    Seq2SeqModelOutput,
+    BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions, Seq2SeqLMOutput, Seq2SeqModelOutput
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -36,65 +35,11 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .loss import cross_entropy, linear_cross_entropy
 
-logger = logging.get_logger(__name__)
 
-
-# --- Checks at the model's boundary: user errors surface here, not as IndexErrors deep inside. ---
-
-
-def _is_tracing() -> bool:
-    """Under torch.compile or torch.export, where reading a tensor's values (a device sync) is not allowed."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
-def _check_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
-    if ids.dim() != 2:
-        raise ValueError(f"{name} must have shape (batch, sequence_length), got {tuple(ids.shape)}.")
-    if ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); pass at least one token per sequence.")
-    if _is_tracing():
-        return
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size}). Check that the tokenizer "
-            "matches the model (its vocabulary size must not exceed config.vocab_size), or call "
-            "model.resize_token_embeddings(len(tokenizer))."
-        )
-
-
-def _check_labels(labels: torch.Tensor, vocab_size: int) -> None:
-    if _is_tracing():
-        return
-    bad = labels[(labels != -100) & ((labels < 0) | (labels >= vocab_size))]
-    if bad.numel():
-        raise ValueError(
-            f"labels hold token id {int(bad[0])}, outside the vocabulary [0, {vocab_size}) and not -100 (the id "
-            "that marks positions without loss). Check that the tokenizer matches the model."
-        )
-
-
-# The keyword arguments a forward passes on to the attention kernels without reading them itself; any other name
-# it does not take is refused rather than silently ignored.
-ATTENTION_KWARGS = frozenset(FlashAttentionKwargs.__annotations__)
-RECORDING_KWARGS = frozenset({"output_attentions", "output_hidden_states"})  # read by transformers' output capturing
-
-
-def _check_kwargs(kwargs: dict, allowed: frozenset, where: str) -> None:
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise TypeError(
-            f"{where}.forward() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}. It takes the "
-            f"arguments in its signature and the attention kernels' {', '.join(sorted(ATTENTION_KWARGS))}."
-        )
-
-
-def _check_mask(mask: torch.Tensor | None, shape: tuple[int, int], name: str, what: str) -> None:
-    if mask is None or mask.dim() == 4:  # a prepared 4D mask is the caller's responsibility
-        return
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(mask.shape)} but {what} needs {tuple(shape)}.")
+def check_shape(tensor: torch.Tensor | None, expected: tuple, name: str, what: str) -> None:
+    """A 2D mask or labels must match the tokens they go with (a prepared 4D mask is the caller's own)."""
+    if tensor is not None and tensor.dim() != 4 and tuple(tensor.shape) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but {what} needs {tuple(expected)}.")
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -106,11 +51,8 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
-    """Position of each token counted over real tokens only, so left padding does not shift positions.
-
-    `attention_mask` covers past and current tokens, shape (batch, past_length + length). Returns
-    (batch, length), or (1, length) without a mask.
-    """
+    """Position of each token counted over real tokens only, so left padding does not shift positions: (batch, length),
+    or (1, length) without a mask. `attention_mask` covers past and current tokens, (batch, past_length + length)."""
     if attention_mask is None or attention_mask.dim() != 2:
         # Offset after arange: a static cache's past_length is a tensor, and a size must not depend on it.
         return (torch.arange(length, device=device) + past_length).unsqueeze(0)
@@ -121,9 +63,7 @@ def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, l
 # --- §3.5 Positional encoding ---
 
 
-def sinusoids(
-    positions: torch.Tensor, d_model: int, dtype: torch.dtype = torch.float32, layout: str = "interleaved"
-) -> torch.Tensor:
+def sinusoids(positions: torch.Tensor, d_model: int, dtype=torch.float32, layout: str = "interleaved") -> torch.Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): sine on even dims, cosine on odd.
     `layout="split"` puts the same sines in the first half of the dimensions and the cosines in the second."""
     exponents = torch.arange(0, d_model, 2, dtype=dtype, device=positions.device) / d_model
@@ -167,24 +107,11 @@ class VanillaTransformerLearnedPositionalEmbedding(nn.Embedding):
         return super().forward(position_ids)
 
 
-def build_positions(config: VanillaTransformerConfig) -> nn.Module:
-    if config.position_embedding == "learned":
-        return VanillaTransformerLearnedPositionalEmbedding(config)
-    return VanillaTransformerSinusoidalPositionalEncoding(config)
-
-
 # --- §3.2 Attention ---
 
 
 def scaled_dot_product_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
+    module: nn.Module, query, key, value, attention_mask: torch.Tensor | None, scaling: float, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """§3.2.1: softmax(Q K^T / sqrt(d_k)) V, written out so the weights can be returned ("eager")."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (batch, heads, q_len, k_len)
@@ -234,12 +161,7 @@ class VanillaTransformerAttention(nn.Module):
         )
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_value_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **kwargs,
+        self, hidden_states, key_value_states=None, attention_mask=None, cache: Cache | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(cache, EncoderDecoderCache):
             cache, cross_cache = cache.self_attention_cache, cache
@@ -264,15 +186,9 @@ class VanillaTransformerAttention(nn.Module):
 
         implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, scaled_dot_product_attention)
+        dropout = self.config.attention_dropout if self.training else 0.0
         output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
+            self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
         )
         output = output.reshape(*hidden_states.shape[:-1], self.num_heads * self.d_v)  # concat heads
         return self.out_proj(output), weights
@@ -312,10 +228,10 @@ class VanillaTransformerSublayer(nn.Module):
         self.pre_norm = config.norm_position == "pre"
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, ...]:
-        output, *extra = sublayer(self.norm(x) if self.pre_norm else x)
-        x = x + F.dropout(output, p=self.dropout, training=self.training)
-        return (x if self.pre_norm else self.norm(x), *extra)
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.pre_norm:
+            return x + F.dropout(sublayer(self.norm(x)), p=self.dropout, training=self.training)
+        return self.norm(x + F.dropout(sublayer(x), p=self.dropout, training=self.training))
 
 
 class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):
@@ -328,12 +244,11 @@ class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):
         self.feed_forward = VanillaTransformerFeedForward(config)
         self.feed_forward_sublayer = VanillaTransformerSublayer(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        hidden_states, weights = self.self_attn_sublayer(
-            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+        hidden_states = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)[0]
         )
-        (hidden_states,) = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
-        return hidden_states, weights
+        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
 
 
 class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
@@ -349,25 +264,18 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
         self.feed_forward_sublayer = VanillaTransformerSublayer(config)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ):
-        hidden_states, self_weights = self.self_attn_sublayer(
-            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, cache=cache, **kwargs)
+        self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask=None, cache=None, **kwargs
+    ) -> torch.Tensor:
+        hidden_states = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, cache=cache, **kwargs)[0]
         )
-        hidden_states, cross_weights = self.cross_attn_sublayer(
+        hidden_states = self.cross_attn_sublayer(
             hidden_states,
             lambda x: self.cross_attn(
                 x, key_value_states=encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache, **kwargs
-            ),
+            )[0],
         )
-        (hidden_states,) = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
-        return hidden_states, self_weights, cross_weights
+        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
 
 
 # --- Pretrained-model plumbing: weight init, ties, attention backends ---
@@ -438,10 +346,10 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
 # --- §3.1 The two stacks ---
 
 
-def _mask_config(config: VanillaTransformerConfig, output_attentions) -> VanillaTransformerConfig:
-    """The config the masks are built for: the eager kernel's when the weights are asked for, since the attention
-    then runs eager (an sdpa mask may be None, leaving causality to the kernel)."""
-    if not output_attentions or config._attn_implementation == "eager":
+def _mask_config(config: VanillaTransformerConfig, kwargs: dict) -> VanillaTransformerConfig:
+    """The config the masks are built for: eager's when the weights are asked for, since the attention then runs eager
+    (an sdpa mask may be None, leaving causality to the kernel)."""
+    if not kwargs.get("output_attentions") or config._attn_implementation == "eager":
         return config
     eager = copy.copy(config)
     eager._attn_implementation = "eager"
@@ -456,17 +364,27 @@ class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__(config)
         self.embed_tokens = embed_tokens
-        self.embed_positions = build_positions(config)
+        if config.position_embedding == "learned":
+            self.embed_positions = VanillaTransformerLearnedPositionalEmbedding(config)
+        else:
+            self.embed_positions = VanillaTransformerSinusoidalPositionalEncoding(config)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.final_norm = (
             nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
         )
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
+    def token_embeddings(self, input_ids, inputs_embeds, names: tuple[str, str]) -> torch.Tensor:
+        """The token embeddings, (batch, length, d_model), of exactly one of `input_ids` and `inputs_embeds`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            labels = " (or labels, which the decoder inputs are made from)" if names[0].startswith("decoder") else ""
+            raise ValueError(f"Pass exactly one of {names[0]} and {names[1]}{labels}.")
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"{names[0]} must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
+        embeds = self.embed_tokens(input_ids) if input_ids is not None else inputs_embeds
+        if 0 in embeds.shape[:2]:
+            name = names[0] if input_ids is not None else names[1]
+            raise ValueError(f"{name} is empty (shape {tuple(embeds.shape[:2])}): pass at least one token a sequence.")
+        return embeds
 
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, max_length: int) -> torch.Tensor:
         # Sinusoids are computed in float32: they take the embeddings' dtype (say bfloat16) here.
@@ -488,36 +406,21 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
         self.layers = nn.ModuleList(VanillaTransformerEncoderLayer(config) for _ in range(config.encoder_layers))
         self.post_init()
 
-    # `**attention_kwargs`, not `**kwargs`: generate() passes an encoder whose forward takes `**kwargs` every model
-    # input it was given (labels included), and the names of this signature only otherwise.
     @capture_outputs
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **attention_kwargs,
+        self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs: Unpack[TransformersKwargs]
     ) -> BaseModelOutput:
-        _check_kwargs(attention_kwargs, RECORDING_KWARGS | ATTENTION_KWARGS, type(self).__name__)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the encoder.")
-        if input_ids is not None:
-            _check_ids(input_ids, self.embed_tokens.num_embeddings, "input_ids")
-            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = self.token_embeddings(input_ids, inputs_embeds, ("input_ids", "inputs_embeds"))
         batch, length = inputs_embeds.shape[:2]
-        if batch == 0 or length == 0:
-            raise ValueError(f"The encoder input is empty (batch {batch}, length {length}).")
-        _check_mask(attention_mask, (batch, length), "attention_mask", "input_ids")
+        check_shape(attention_mask, (batch, length), "attention_mask", "input_ids")
 
         position_ids = positions_from_mask(attention_mask, 0, length, inputs_embeds.device)
         hidden_states = self.embed(inputs_embeds, position_ids, length)
         mask = create_bidirectional_mask(
-            config=_mask_config(self.config, attention_kwargs.get("output_attentions")),
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
+            config=_mask_config(self.config, kwargs), inputs_embeds=inputs_embeds, attention_mask=attention_mask
         )
         for layer in self.layers:
-            hidden_states, _ = layer(hidden_states, mask, **attention_kwargs)
+            hidden_states = layer(hidden_states, mask, **kwargs)
         return BaseModelOutput(last_hidden_state=self.finish(hidden_states))
 
 
@@ -542,41 +445,35 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        input_ids=None,
+        attention_mask=None,
         encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
+        encoder_attention_mask=None,
         cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
+        inputs_embeds=None,
         use_cache: bool | None = None,
-        **attention_kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        _check_kwargs(attention_kwargs, RECORDING_KWARGS | ATTENTION_KWARGS, type(self).__name__)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of decoder_input_ids and decoder_inputs_embeds to the decoder.")
-        if encoder_hidden_states is None:
+        if encoder_hidden_states is None:  # cross-attention would otherwise attend to the targets themselves
             raise ValueError("The decoder needs encoder_hidden_states: run the encoder first (or pass input_ids).")
-        if input_ids is not None:
-            _check_ids(input_ids, self.embed_tokens.num_embeddings, "decoder_input_ids")
-            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = self.token_embeddings(input_ids, inputs_embeds, ("decoder_input_ids", "decoder_inputs_embeds"))
         batch, length = inputs_embeds.shape[:2]
         if encoder_hidden_states.shape[0] != batch:
-            raise ValueError(
-                f"The decoder input has batch size {batch} but the encoder output has {encoder_hidden_states.shape[0]}."
-            )
-        _check_mask(encoder_attention_mask, tuple(encoder_hidden_states.shape[:2]), "attention_mask", "the source")
+            raise ValueError(f"The decoder input's batch is {batch}, the encoder's {encoder_hidden_states.shape[0]}.")
+        check_shape(encoder_attention_mask, encoder_hidden_states.shape[:2], "attention_mask", "the source")
 
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         past_length = cache.get_seq_length() if cache is not None else 0
-        _check_mask(attention_mask, (batch, past_length + length), "decoder_attention_mask", "past + current targets")
-
-        position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
         max_length = past_length + length
         if isinstance(max_length, torch.Tensor):  # a static cache counts on the device; its capacity bounds it
             max_length = cache.get_max_length(0)
+        else:
+            check_shape(attention_mask, (batch, max_length), "decoder_attention_mask", "past + current targets")
+
+        position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
         hidden_states = self.embed(inputs_embeds, position_ids, max_length)
-        mask_config = _mask_config(self.config, attention_kwargs.get("output_attentions"))
+        mask_config = _mask_config(self.config, kwargs)
         self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         causal_mask = create_causal_mask(
             config=mask_config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
@@ -588,9 +485,7 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
             encoder_hidden_states=encoder_hidden_states,
         )
         for layer in self.layers:
-            hidden_states, _, _ = layer(
-                hidden_states, causal_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, cache=cache, **attention_kwargs
-            )
+            hidden_states = layer(hidden_states, causal_mask, encoder_hidden_states, cross_mask, cache=cache, **kwargs)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=self.finish(hidden_states), cache=cache if use_cache else None
         )
@@ -606,10 +501,10 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         super().__init__(config)
         # Two modules even when §3.4 shares them: the tie below makes them one parameter, and through it
         # transformers knows which checkpoint key holds the embedding and reports it when it is missing.
-        self.encoder = VanillaTransformerEncoder(config, nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id))
-        self.decoder = VanillaTransformerDecoder(
-            config, nn.Embedding(config.decoder_vocab_size, config.d_model, config.pad_token_id)
-        )
+        embed_source = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        embed_target = nn.Embedding(config.decoder_vocab_size, config.d_model, config.pad_token_id)
+        self.encoder = VanillaTransformerEncoder(config, embed_source)
+        self.decoder = VanillaTransformerDecoder(config, embed_target)
         self._tied_weights_keys = (
             {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
             if config.share_encoder_decoder_embeddings
@@ -621,10 +516,11 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         return self.encoder.embed_tokens
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.encoder.set_input_embeddings(value)
+        self.encoder.embed_tokens = value
         if self.config.share_encoder_decoder_embeddings:
-            self.decoder.set_input_embeddings(value)
+            self.decoder.embed_tokens = value
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -637,29 +533,12 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqModelOutput | tuple:
-        _check_kwargs(kwargs, ATTENTION_KWARGS, type(self).__name__)
-        config = self.config
-        return_dict = return_dict if return_dict is not None else config.return_dict
-        kwargs["output_attentions"] = output_attentions if output_attentions is not None else config.output_attentions
-        kwargs["output_hidden_states"] = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        )
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput:
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, return_dict=True, **kwargs
-            )
+            encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds, return_dict=True, **kwargs)
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
-        if decoder_input_ids is None and decoder_inputs_embeds is None:
-            raise ValueError(
-                "Pass decoder_input_ids (the target shifted right), or labels to VanillaTransformerForConditionalGeneration."
-            )
-
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
@@ -671,7 +550,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        output = Seq2SeqModelOutput(
+        return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states,
@@ -681,36 +560,9 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
-# --- §3.4 The pre-softmax projection, the training loss (§5.4), decoding (§6.1) ---
-
-
-def paper_generation_config(
-    config: VanillaTransformerConfig,
-    num_beams: int = 4,
-    length_penalty: float = 0.6,
-    max_new_tokens_beyond_source: int = 50,
-) -> GenerationConfig:
-    """§6.1's decoding: beam search with beam size 4 and length penalty alpha = 0.6, output up to source length + 50
-    (`max_new_tokens_beyond_source`, read by `generate`). Every model starts with it; a saved one keeps its own."""
-    if not isinstance(num_beams, int) or num_beams < 1:
-        raise ValueError(f"num_beams must be at least 1 (1 is greedy search), got {num_beams!r}.")
-    # Length penalty and early stopping belong to beam search: with one beam transformers refuses to save them.
-    beam_options = {"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}
-    generation_config = GenerationConfig(
-        decoder_start_token_id=config.decoder_start_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-        num_beams=num_beams,
-        max_new_tokens_beyond_source=max_new_tokens_beyond_source,
-        **beam_options,
-    )
-    generation_config.validate(strict=True)
-    return generation_config
-
+# --- §3.4 The pre-softmax projection, the training loss (§5.4), and decoding ---
 
 
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
@@ -730,43 +582,21 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             if config.share_encoder_decoder_embeddings:
                 ties["lm_head.weight"] = "model.encoder.embed_tokens.weight"
         self._tied_weights_keys = ties or None
-        self.generation_config = paper_generation_config(config)
+        # Greedy, as any model built from a config, with §6.1's output limit (source length + 50); hf-vanilla-train
+        # saves §6.1's beam search with the model (translation.paper_generation_config).
+        tokens = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+        self.generation_config = GenerationConfig(num_beams=1, **{t: getattr(config, t) for t in tokens})
+        self.generation_config.max_new_tokens_beyond_source = 50
         self.post_init()
 
-    @classmethod
-    def from_marian(cls, name_or_path, **kwargs) -> VanillaTransformerForConditionalGeneration:
-        """A Marian (Opus-MT) model, given as a `MarianMTModel`, a folder or a Hub id, as this model with the same
-        outputs: Marian's choices become config values (see convert_marian.py)."""
-        from .convert_marian import from_marian
-
-        return from_marian(name_or_path, **kwargs)
-
-    def get_encoder(self, modality: str | None = None):
-        return self.model.encoder
-
-    def get_decoder(self):
-        return self.model.decoder
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True) -> nn.Embedding:
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True) -> nn.Embedding:
         """Resize source, target and output vocabularies together, keeping the ties of §3.4."""
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         if not self.config.share_encoder_decoder_embeddings:
             decoder_embed = self._get_resized_embeddings(
                 self.model.decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
             )
-            self.model.decoder.set_input_embeddings(decoder_embed)
+            self.model.decoder.embed_tokens = decoder_embed
             if self.config.tie_word_embeddings:
                 self.lm_head.weight = decoder_embed.weight
         self.config.decoder_vocab_size = embeddings.num_embeddings  # transformers updates vocab_size only
@@ -775,6 +605,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -788,26 +619,18 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         label_smoothing: float = 0.0,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:
         r"""
         labels: target token ids, -100 where no loss is wanted. Decoder inputs default to them shifted right.
         num_items_in_batch: number of target tokens in the whole (accumulated, all-rank) batch; the Trainer
             passes it so that gradient accumulation and several processes give the loss of one big batch.
-        label_smoothing: epsilon_ls of §5.4 for this loss; 0 (plain cross-entropy) by default, as in every
+        label_smoothing: epsilon_ls of §5.4 for this loss, in [0, 1); 0 (plain cross-entropy) by default, as in every
             transformers model. `VanillaSeq2SeqTrainer` passes the Trainer's `label_smoothing_factor` here.
         """
-        _check_kwargs(kwargs, ATTENTION_KWARGS, type(self).__name__)
-        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}.")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
-            _check_labels(labels, self.lm_head.out_features)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
@@ -821,47 +644,32 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if labels is not None and labels.shape != hidden_states.shape[:2]:
-            raise ValueError(f"labels have shape {tuple(labels.shape)} but the decoder produced {tuple(hidden_states.shape[:2])}.")
+        loss = logits = None
+        if labels is not None:
+            check_shape(labels, hidden_states.shape[:2], "labels", "the decoder output")
         if labels is not None and self.config.chunked_loss and self.training and torch.is_grad_enabled():
             # The logits are never held whole: see loss.py.
             loss = linear_cross_entropy(
                 hidden_states, self.lm_head.weight, labels, label_smoothing, num_items_in_batch, self.final_logits_bias
             )
-            return self._output(loss, None, outputs, return_dict)
-        logits = self.lm_head(hidden_states)  # (batch, tgt_len, vocab)
-        if self.final_logits_bias is not None:
-            logits = logits + self.final_logits_bias
-        loss = None
-        if labels is not None:
-            loss = cross_entropy(logits, labels, label_smoothing, num_items_in_batch)
-        return self._output(loss, logits, outputs, return_dict)
-
-    @staticmethod
-    def _output(loss, logits, outputs: Seq2SeqModelOutput, return_dict: bool) -> Seq2SeqLMOutput | tuple:
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        else:
+            logits = self.lm_head(hidden_states)  # (batch, tgt_len, vocab)
+            if self.final_logits_bias is not None:
+                logits = logits + self.final_logits_bias
+            if labels is not None:
+                loss = cross_entropy(logits, labels, label_smoothing, num_items_in_batch)
+        # The base model's other outputs (cache, hidden states, attentions), as it gave them.
+        others = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
+        return Seq2SeqLMOutput(loss=loss, logits=logits, **others)
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """`GenerationMixin.generate`, plus §6.1's length limit: when the generation config carries
-        `max_new_tokens_beyond_source` (50 by default, see `paper_generation_config`) and the call sets no length,
-        at most source length + that many tokens are generated."""
+        `max_new_tokens_beyond_source` (50 by default) and the call sets no length, at most source length + that many
+        tokens are generated."""
         config = generation_config if generation_config is not None else self.generation_config
         extra = getattr(config, "max_new_tokens_beyond_source", None)
         source = inputs if inputs is not None else kwargs.get("input_ids")
@@ -877,7 +685,6 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
 
 __all__ = [
-    "paper_generation_config",
     "VanillaTransformerPreTrainedModel",
     "VanillaTransformerModel",
     "VanillaTransformerForConditionalGeneration",

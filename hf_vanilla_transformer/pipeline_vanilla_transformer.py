@@ -27,6 +27,17 @@ class TranslationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Where token ids enter: checked once here, rather than read back from the device at every model call.
+        vocab_size = getattr(self.model.config, "vocab_size", None)
+        if vocab_size is not None and len(self.tokenizer) > vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary only {vocab_size}, so ids "
+                f"from {vocab_size} on have no embedding: they do not belong together. Use the tokenizer saved with "
+                "the model, or call model.resize_token_embeddings(len(tokenizer))."
+            )
+
     def _sanitize_parameters(self, return_tensors=None, clean_up_tokenization_spaces=None, truncation=None, **kwargs):
         preprocess_params = {} if truncation is None else {"truncation": truncation}
         postprocess_params = {}

@@ -159,6 +159,8 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
                 "dataset does not give up front; leave it unset to batch a stream by per_device_train_batch_size."
             )
         self.max_tokens_per_batch = max_tokens_per_batch
+        if not 0.0 <= self.args.label_smoothing_factor < 1.0:
+            raise ValueError(f"label_smoothing_factor must be in [0, 1), got {self.args.label_smoothing_factor}.")
         self.label_smoothing = 0.0
         forward = inspect.signature(self.accelerator.unwrap_model(self.model).forward).parameters
         if self.label_smoother is not None and "label_smoothing" in forward:

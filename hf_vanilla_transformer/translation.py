@@ -1,5 +1,6 @@
-"""Translate with a trained model folder: batched `generate()` with the paper's decoding by default, through the
-`translation` pipeline (`pipeline_vanilla_transformer.TranslationPipeline`); `pipeline()` gives that pipeline as
+"""Translate with a trained model folder: batched `generate()` with the folder's decoding (§6.1's, as
+`paper_generation_config()` gives it, for a model hf-vanilla-train saved), through the `translation` pipeline
+(`pipeline_vanilla_transformer.TranslationPipeline`); `pipeline()` gives that pipeline as
 `transformers.pipeline("translation")` gave it in transformers 4."""
 
 from __future__ import annotations
@@ -11,10 +12,34 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from .pipeline_vanilla_transformer import TranslationPipeline, custom_pipelines
 
 logger = logging.getLogger(__name__)
+
+
+def paper_generation_config(
+    config, num_beams: int = 4, length_penalty: float = 0.6, max_new_tokens_beyond_source: int = 50
+) -> GenerationConfig:
+    """§6.1's decoding for a model with `config`: beam search with beam size 4 and length penalty alpha = 0.6, output
+    up to source length + 50 (`max_new_tokens_beyond_source`, read by the model's `generate`). hf-vanilla-train saves
+    it with the model; a model built from a config decodes greedily, with the same length limit."""
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1 (1 is greedy search), got {num_beams!r}.")
+    # Length penalty and early stopping belong to beam search: with one beam transformers refuses to save them.
+    beam_options = {"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}
+    generation_config = GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        num_beams=num_beams,
+        max_new_tokens_beyond_source=max_new_tokens_beyond_source,
+        **beam_options,
+    )
+    generation_config.validate(strict=True)
+    return generation_config
 
 
 def load_translation_model(
@@ -39,7 +64,6 @@ def load_translation_model(
     """
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from . import VanillaTransformerConfig  # noqa: F401  (registers the Auto classes)
     from .checks import check_device, check_model_source, tokenizer_max_length
 
     if quantize not in (None, "int8"):

@@ -19,9 +19,14 @@ from transformers import (
     Seq2SeqTrainingArguments,
 )
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation import GenerationMode
 from transformers.utils import logging as hf_logging
 
-from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import (
+    VanillaTransformerConfig,
+    VanillaTransformerForConditionalGeneration,
+    paper_generation_config,
+)
 from hf_vanilla_transformer.training import VanillaSeq2SeqTrainer
 
 PAD, START, EOS, VOCAB, LAYERS = 0, 1, 2, 40, 2
@@ -94,21 +99,18 @@ def test_past_key_values_still_works_step_by_step_with_a_deprecation_warning(kin
     assert any("past_key_values" in str(w.message) and "cache" in str(w.message) for w in caught)
 
 
-@pytest.mark.parametrize("where", ["model", "base model", "encoder", "decoder"])
-def test_a_keyword_no_forward_reads_is_refused(where):
-    model = build("vanilla")
-    source, mask, labels, decoder_input_ids = batch()
-    encoder_states = model.get_encoder()(input_ids=source).last_hidden_state
-    call = {
-        "model": lambda **kw: model(input_ids=source, labels=labels, **kw),
-        "base model": lambda **kw: model.model(input_ids=source, decoder_input_ids=decoder_input_ids, **kw),
-        "encoder": lambda **kw: model.get_encoder()(input_ids=source, **kw),
-        "decoder": lambda **kw: model.get_decoder()(
-            input_ids=decoder_input_ids, encoder_hidden_states=encoder_states, **kw
-        ),
-    }[where]
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'past_key_value', 'position_ids'"):
-        call(past_key_value=None, position_ids=torch.arange(4)[None])
+@pytest.mark.parametrize("kind", ["vanilla", "marian"])
+def test_forwards_take_transformers_kwargs_and_generate_refuses_a_mistyped_one(kind):
+    # The forwards take **kwargs: Unpack[TransformersKwargs], passed on to the attention kernels (position_ids is one,
+    # for packed sequences under flash attention); generate() is where a mistyped keyword is caught, before any step.
+    model = build(kind)
+    source, mask, _, decoder_input_ids = batch()
+    inputs = dict(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_input_ids)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        torch.testing.assert_close(model(**inputs, position_ids=torch.arange(4)[None]).logits, plain)
+    with pytest.raises(ValueError, match=r"not used by the model: \['past_key_value'\]"):
+        model.generate(input_ids=source, attention_mask=mask, max_new_tokens=2, past_key_value=torch.ones(1))
 
 
 # --- 2. The model's loss is plain cross-entropy; label smoothing is the Trainer's ---
@@ -154,6 +156,13 @@ def test_trainer_label_smoothing_factor_is_fused_into_the_models_loss():
     plain_expected = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(unsmoothed, plain_expected, atol=1e-5, rtol=0)
     assert abs(plain_expected - expected) > 0.01  # the two really differ
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0, 1.5])
+def test_trainer_refuses_a_label_smoothing_factor_outside_0_1(smoothing):
+    # Checked once where it enters, not in every forward.
+    with pytest.raises(ValueError, match=rf"label_smoothing_factor must be in \[0, 1\), got {smoothing}"):
+        _training_loss(VanillaSeq2SeqTrainer, build("vanilla"), smoothing)
 
 
 def test_a_config_saved_with_label_smoothing_loads_and_the_loss_stays_plain():
@@ -211,19 +220,29 @@ def test_output_attentions_under_sdpa_returns_the_weights_or_warns(kind, transfo
         assert model.config._attn_implementation == "sdpa"  # only that call ran eager
 
 
-# --- 5. A model built in Python decodes as §6.1 says, not with transformers' 20-token default ---
+# --- 5. A model built from a config decodes greedily, up to source length + 50 tokens; a trained one as it was saved ---
 
 
-def test_a_model_built_in_python_has_the_papers_decoding(tmp_path):
+@pytest.mark.parametrize("kind", ["vanilla", "marian"])
+def test_a_model_built_from_a_config_decodes_greedily(kind):
+    assert build(kind).generation_config.get_generation_mode() == GenerationMode.GREEDY_SEARCH
+
+
+def test_the_output_limit_is_source_length_plus_50_and_the_papers_decoding_is_saved(tmp_path):
     model = build("vanilla")
+    source = torch.randint(3, VOCAB, (1, 30), generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "fresh")
+    for fresh in (model, AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "fresh")):
+        assert fresh.generation_config.get_generation_mode() == GenerationMode.GREEDY_SEARCH
+        never_ending = fresh.generate(input_ids=source, suppress_tokens=[EOS])
+        assert never_ending.shape[1] == 1 + 30 + 50  # the start token, then up to source length + 50
+    model.generation_config = paper_generation_config(model.config)  # what hf-vanilla-train saves (§6.1)
     generation = model.generation_config
     assert (generation.num_beams, generation.length_penalty, generation.early_stopping) == (4, 0.6, True)
     assert generation.max_new_tokens_beyond_source == 50
-    source = torch.randint(3, VOCAB, (1, 30), generator=torch.Generator().manual_seed(0))
-    never_ending = model.generate(input_ids=source, suppress_tokens=[EOS], num_beams=1)
-    assert never_ending.shape[1] == 1 + 30 + 50  # the start token, then up to source length + 50
-    model.save_pretrained(tmp_path)
-    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).generation_config.num_beams == 4
+    model.save_pretrained(tmp_path / "trained")
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "trained").generation_config
+    assert (reloaded.num_beams, reloaded.length_penalty, reloaded.max_new_tokens_beyond_source) == (4, 0.6, 50)
 
 
 def test_seq2seq_trainer_predictions_are_not_cut_at_20_tokens(tmp_path):

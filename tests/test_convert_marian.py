@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, MarianConfig, MarianMTModel
 
-from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, from_marian
 from hf_vanilla_transformer.convert_marian import marian_config
 
 PAD, EOS = 59, 0  # Opus-MT's layout: </s> is 0 and <pad> the last id, which also starts the decoder
@@ -43,7 +43,7 @@ def sources(vocab: int = 60):
 )
 def test_a_converted_marian_model_gives_marians_logits_and_tokens(variant, tmp_path):
     marian = opus_like_marian(**variant)
-    ours = VanillaTransformerForConditionalGeneration.from_marian(marian)
+    ours = from_marian(marian)
     assert ours.config.position_layout == "split" and ours.config.activation_function == "swish"
     assert ours.lm_head.weight is ours.model.decoder.embed_tokens.weight
     source, mask = sources(60)
@@ -66,7 +66,7 @@ def test_a_converted_marian_model_gives_marians_logits_and_tokens(variant, tmp_p
 
 def test_training_a_converted_model_gives_marians_loss_with_the_logits_bias():
     marian = opus_like_marian()
-    ours = VanillaTransformerForConditionalGeneration.from_marian(marian)
+    ours = from_marian(marian)
     source, mask = sources(60)
     labels = torch.randint(1, PAD, (2, 5), generator=torch.Generator().manual_seed(3))
     expected = marian.eval()(input_ids=source, attention_mask=mask, labels=labels).loss
@@ -87,7 +87,7 @@ def test_marian_settings_this_model_cannot_express_are_refused():
     with pytest.raises(ValueError, match="encoder_ffn_dim=32 and decoder_ffn_dim=64 differ"):
         marian_config(config)
     with pytest.raises(TypeError, match="takes a MarianMTModel"):
-        VanillaTransformerForConditionalGeneration.from_marian(torch.nn.Linear(2, 2))
+        from_marian(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.slow
@@ -96,7 +96,7 @@ def test_a_base_sized_marian_model_converts_with_its_outputs():
     marian = opus_like_marian(vocab=58101, d_model=512, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
                               encoder_attention_heads=8, decoder_attention_heads=8, encoder_layers=6, decoder_layers=6)  # fmt: skip
     start = time.perf_counter()
-    ours = VanillaTransformerForConditionalGeneration.from_marian(marian)
+    ours = from_marian(marian)
     print(f"conversion: {time.perf_counter() - start:.2f} s")
     source, mask = sources(60)
     with torch.no_grad():

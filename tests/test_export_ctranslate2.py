@@ -21,7 +21,11 @@ import sys
 import pytest
 import torch
 
-from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import (
+    VanillaTransformerConfig,
+    VanillaTransformerForConditionalGeneration,
+    paper_generation_config,
+)
 from hf_vanilla_transformer.cli.export import run as export_command
 from hf_vanilla_transformer.ctranslate2_export import ctranslate2_spec, export_ctranslate2
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
@@ -61,6 +65,7 @@ def train_reverser(tokenizer, norm_position: str, position_embedding: str):
         model(**inputs).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    model.generation_config = paper_generation_config(config)  # §6.1's beam search, as hf-vanilla-train saves it
     return model.eval()
 
 

@@ -242,7 +242,7 @@ def test_sampling_is_reproducible_and_valid(model, sources):
     source, mask = sources
     kwargs = dict(
         input_ids=source, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=True, top_k=10, top_p=0.95,
-        temperature=2.0, num_beams=1,  # every model's default is §6.1's beam 4; this is plain sampling
+        temperature=2.0, num_beams=1,  # plain sampling, whatever a generation config says
     )
     runs = {}
     for seed in (0, 0, 1, 2):
@@ -314,7 +314,7 @@ def test_generate_compiles_decoding_as_one_graph(model, sources):
     config = GenerationConfig.from_model_config(model.config)
     config.compile_config = CompileConfig(backend=recording_backend, fullgraph=True, mode=None)
     config.compile_config._compile_all_devices = True
-    config.num_beams = 1  # greedy, as `expected`; unset values come from the model's beam-4 default
+    config.num_beams = 1  # greedy, as `expected`, whatever the model's own generation config says
     out = _copy(model).generate(
         input_ids=source, attention_mask=mask, generation_config=config, max_new_tokens=MAX_NEW, do_sample=False,
         cache_implementation="static",

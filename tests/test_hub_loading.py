@@ -6,6 +6,7 @@ with HF_HOME, the Hub cache and the module cache inside a temporary folder and t
 nor leave anything outside it. The AutoTokenizer tests each start one like it, with the package hidden or imported.
 """
 
+import ast
 import hashlib
 import json
 import os
@@ -18,13 +19,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSeq2SeqLM
+from transformers.dynamic_module_utils import get_relative_import_files
 
 import hf_vanilla_transformer
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 PACKAGE_DIR = Path(hf_vanilla_transformer.__file__).parent
-CODE_FILES = ["configuration_vanilla_transformer.py", "modeling_vanilla_transformer.py"]
+# The code a saved folder carries: what loading it with trust_remote_code imports (the model, its config and loss),
+# and the pipelines that config.json's custom_pipelines names. Nothing else of the package.
+CODE_FILES = [
+    "configuration_vanilla_transformer.py",
+    "loss.py",
+    "modeling_vanilla_transformer.py",
+    "pipeline_vanilla_transformer.py",
+]
 
 
 def ties(model):
@@ -79,6 +88,7 @@ def test_saved_folder_holds_weights_config_with_auto_map_and_code(saved):
         "AutoModel": "modeling_vanilla_transformer.VanillaTransformerModel",
         "AutoModelForSeq2SeqLM": "modeling_vanilla_transformer.VanillaTransformerForConditionalGeneration",
     }
+    assert sorted(path.name for path in folder.glob("*.py")) == CODE_FILES
     for name in CODE_FILES:
         assert (folder / name).read_text() == (PACKAGE_DIR / name).read_text()
     # Tied weights are stored once.
@@ -86,6 +96,25 @@ def test_saved_folder_holds_weights_config_with_auto_map_and_code(saved):
     assert sum("embed_tokens" in key or "lm_head" in key for key in stored) == 1
     generation = json.loads((folder / "generation_config.json").read_text())
     assert generation["decoder_start_token_id"] == model.config.decoder_start_token_id
+
+
+def test_the_model_file_imports_only_the_files_a_saved_folder_carries():
+    # transformers' copier follows every relative import, even one inside a function: conversion and the other
+    # engines import the model, never the other way round.
+    needed = get_relative_import_files(PACKAGE_DIR / "modeling_vanilla_transformer.py")
+    assert sorted(Path(path).name for path in needed) == [name for name in CODE_FILES if not name.startswith("modeling")]
+
+
+def test_no_library_module_imports_the_package_root():
+    # The root's import registers the Auto classes before any module of the package runs: importing it again from
+    # inside runs back up the arrows. The command-line scripts (cli/) are entry points and may.
+    for path in PACKAGE_DIR.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.level == 1 and node.module is None), f"{path.name}:{node.lineno} imports the root"
+                assert node.module != "hf_vanilla_transformer", f"{path.name}:{node.lineno} imports the root"
 
 
 def test_auto_model_reloads_identical_logits_with_ties(saved, inputs):

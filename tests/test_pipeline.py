@@ -130,6 +130,16 @@ def test_inputs_are_passed_whole_never_truncated(tokenizer, tiny_model, monkeypa
         pipeline("translation", model=learned, tokenizer=tokenizer)(long_text, num_beams=1)
 
 
+def test_a_tokenizer_bigger_than_the_model_is_refused_before_any_text_goes_in(tokenizer, tiny_model):
+    # Token ids are checked where they enter, once, rather than read back from the device at every model call.
+    small = tiny_model(vocab_size=len(tokenizer) - 5)
+    message = rf"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {len(tokenizer) - 5}"
+    with pytest.raises(ValueError, match=message):
+        pipeline("translation", model=small, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=message):
+        translate(small, tokenizer, TEXTS[:1])
+
+
 def test_translate_runs_the_pipeline(model, tokenizer, monkeypatch):
     seen = []
     postprocess = TranslationPipeline.postprocess

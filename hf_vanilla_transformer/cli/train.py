@@ -42,7 +42,6 @@ from hf_vanilla_transformer._io import publish_folder
 from hf_vanilla_transformer.checks import LONGEST_TRAINING_SOURCE, check_model_source, tokenizer_max_length
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove_previous_run, write_results
-from hf_vanilla_transformer.modeling_vanilla_transformer import paper_generation_config
 from hf_vanilla_transformer.data import (
     SOURCE_LANG,
     TARGET_LANG,
@@ -61,7 +60,7 @@ from hf_vanilla_transformer.training import (
     paper_learning_rate,
     translation_scores,
 )
-from hf_vanilla_transformer.translation import translate
+from hf_vanilla_transformer.translation import paper_generation_config, translate
 
 logger = logging.getLogger("hf_vanilla_transformer.train")
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import hf_vanilla_transformer.cli.translate as translate_cli
-from hf_vanilla_transformer import pipeline
+from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, pipeline
 from hf_vanilla_transformer.translation import translate
 
 SENTENCES = ["the old farmer sees a red boat", "every forest runs", "my dog sleeps near the river"]
@@ -65,6 +65,19 @@ def test_translate_errors(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     with pytest.raises(ValueError, match="No sentences to translate"):
         translate_cli.run([str(run_dir)])
+
+
+def test_a_tokenizer_bigger_than_the_model_is_one_error_line(loaded, tmp_path, capsys):
+    model, tokenizer = loaded
+    too_few = len(tokenizer) - 1
+    config = VanillaTransformerConfig.from_dict({**model.config.to_dict(), "vocab_size": too_few, "decoder_vocab_size": too_few})
+    VanillaTransformerForConditionalGeneration(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(SystemExit) as exit_status:
+        translate_cli.main([str(tmp_path), *SENTENCES, "--device", "cpu"])
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: The tokenizer has") and "resize_token_embeddings" in error
 
 
 def test_translate_prints_what_the_translation_pipeline_gives(run_dir, capsys):
