@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf_vanilla_transformer._io import write_file
-from hf_vanilla_transformer.training import STAGING_DIR, last_complete_checkpoint
 
 logger = logging.getLogger("hf_vanilla_transformer.train")
 
@@ -58,6 +57,8 @@ def plan_output_folder(
     asked_config: the model config the command asks for, given the tokenizer it will use.
     named_tokenizer: the tokenizer the command names (--tokenizer_name or the pretrained model's), or None.
     """
+    from hf_vanilla_transformer.training import last_complete_checkpoint  # imports the Trainer: not at start-up
+
     folder = Path(output_dir)
     if overwrite:
         return OutputPlan(overwrite=folder.exists())
@@ -133,6 +134,8 @@ def _state(path: Path) -> dict:
 def remove_previous_run(output_dir: str) -> None:
     """--overwrite_output_dir: remove what a previous run left in `output_dir` (checkpoints, results, model), so
     that nothing of it is resumed or mixed with the new run's files; anything else there stays."""
+    from hf_vanilla_transformer.training import STAGING_DIR
+
     folder = Path(output_dir)
     if not folder.is_dir():
         return
