@@ -1,6 +1,8 @@
 """Shared tiny configs for the tests, and the `slow` marker (skipped unless RUN_SLOW=1)."""
 
 import os
+import socket
+import threading
 
 import pytest
 import torch
@@ -64,3 +66,42 @@ def umask_027():
     old = os.umask(0o027)
     yield
     os.umask(old)
+
+
+class Tripwire:
+    """A proxy that records every connection made to it and answers none (closes it at once, so nothing waits)."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.requests: list[str] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while self.running:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.settimeout(2)
+                try:
+                    self.requests.append(connection.recv(300).split(b"\r\n")[0].decode(errors="replace"))
+                except OSError:
+                    self.requests.append("(connection without a request)")
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.server.close()
+
+
+@pytest.fixture
+def tripwire():
+    """A `Tripwire` to point HF_ENDPOINT or the proxy variables at: `tripwire.requests` lists what reached it."""
+    wire = Tripwire()
+    yield wire
+    wire.close()

@@ -445,37 +445,6 @@ def test_weights_that_are_not_numbers_are_never_saved(run_args, tmp_path, capsys
 # ---------------------------------------------------------------------------------------------
 
 
-class Tripwire:
-    """A proxy that records every connection made to it and answers none (closes it at once, so nothing waits)."""
-
-    def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.requests: list[str] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while self.running:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                continue
-            with connection:
-                connection.settimeout(2)
-                try:
-                    self.requests.append(connection.recv(300).split(b"\r\n")[0].decode(errors="replace"))
-                except OSError:
-                    self.requests.append("(connection without a request)")
-
-    def close(self):
-        self.running = False
-        self.thread.join()
-        self.server.close()
-
-
 OFFLINE_SCRIPT = """
 import json, sys, time
 import torch
@@ -504,26 +473,19 @@ print("TIMES", json.dumps(times))
 """
 
 
-def test_loading_translating_and_training_need_no_network(run_dir, tmp_path):
+def test_loading_translating_and_training_need_no_network(run_dir, tmp_path, tripwire):
     script = tmp_path / "offline.py"
     script.write_text(OFFLINE_SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_OFFLINE", "_PROXY", "_proxy"))}
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HOME=str(tmp_path / "hf-home"))
-    tripwire = Tripwire()
-    try:
-        for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
-            env[name] = env[name.lower()] = tripwire.url  # every request the libraries make goes to the tripwire
-        started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, str(script), str(run_dir), str(tmp_path / "tuned")],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        elapsed = time.perf_counter() - started
-    finally:
-        tripwire.close()
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        env[name] = env[name.lower()] = tripwire.url  # every request the libraries make goes to the tripwire
+    done = subprocess.run(
+        [sys.executable, str(script), str(run_dir), str(tmp_path / "tuned")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # No request means no wait: the seconds each step took are printed for the reader, not asserted (a loaded
+    # machine makes them anything).
     assert tripwire.requests == [], f"asked the network: {tripwire.requests}"
-    times = json.loads(done.stdout.split("TIMES ", 1)[1])
-    # Generous bounds, far below what one network timeout costs (huggingface_hub's are 10 s, with retries).
-    assert times["load"] < 5 and times["translate"] < 10, times
-    assert elapsed < 240, (elapsed, times)
+    print("seconds:", json.loads(done.stdout.split("TIMES ", 1)[1]))

@@ -99,28 +99,29 @@ def endless_dir(run_dir, tmp_path_factory):
 # --- 1. a mistyped model folder or Hub id ---
 
 
-def test_a_missing_model_folder_is_named_at_once_without_asking_the_hub(tmp_path):
+def test_a_missing_model_folder_is_named_at_once_without_asking_the_hub(tmp_path, tripwire):
     (tmp_path / "outputs").mkdir()  # as in a checkout after a first run: outputs/ exists, the typo inside it not
     typed = {
         "translate": command("translate", "outputs/does-not-exist", "every forest runs"),
         "evaluate": command("evaluate", "outputs/does-not-exist"),
     }
-    for name, argv in typed.items():  # one at a time, so that each is timed alone
-        result = run_one(argv, tmp_path, NO_HUB)
+    results = run_side_by_side(typed, tmp_path, {**NO_HUB, "HF_ENDPOINT": tripwire.url})
+    for result in results.values():
         assert_one_line_error(result, "Model folder outputs/does-not-exist does not exist")
-        assert result.seconds < 10, (name, result.seconds)
+    assert tripwire.requests == []  # a path is never sent to the Hub
 
 
-def test_a_name_that_is_no_folder_is_a_hub_id_only_as_namespace_name_and_fails_in_one_line(tmp_path):
+def test_a_name_that_is_no_folder_is_a_hub_id_only_as_namespace_name_and_fails_in_one_line(tmp_path, tripwire):
     results = run_side_by_side(
         {"bare": command("translate", "my-model", "x")} | {"offline": command("translate", "someone/not-a-model", "x")},
         tmp_path,
     )
     assert_one_line_error(results["bare"], "my-model does not exist", "not a Hub id")
     assert_one_line_error(results["offline"], "someone/not-a-model", "not in the local Hub cache", "HF_HUB_OFFLINE")
-    unreachable = run_one(command("translate", "someone/not-a-model", "x"), tmp_path, NO_HUB)
+    unreachable = run_one(command("translate", "someone/not-a-model", "x"), tmp_path, {**NO_HUB, "HF_ENDPOINT": tripwire.url})
     assert_one_line_error(unreachable, "someone/not-a-model is not a folder here", "Hub cannot be reached")
-    assert unreachable.seconds < 20  # one request, no retries
+    asked = [request for request in tripwire.requests if "someone/not-a-model" in request]
+    assert len(asked) == 1, tripwire.requests  # asked once, no retries
 
 
 # --- 2. a folder with no model in it ---
