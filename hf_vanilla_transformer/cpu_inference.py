@@ -1,9 +1,12 @@
 """Opt-in speed for decoding on the CPU, by module replacement: the model file stays the paper.
 
-`optimize_for_cpu_inference(model)` swaps every `nn.Linear` for a `RowBlockLinear`, an `nn.Linear` subclass
-with the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
-decoding step has few rows, and each self-attention for a `FusedQKVAttention`, which computes Q, K and V in one
-product. `restore_plain_modules(model)` swaps them back. The int8 path in quantization.py fuses Q, K and V too.
+`optimize_for_cpu_inference(model)` replaces every `nn.Linear` with a `RowBlockLinear`, an `nn.Linear` subclass
+over the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
+decoding step has few rows, each self-attention with a `FusedQKVAttention`, which computes Q, K and V in one
+product, and the residual blocks, feed-forward networks and sinusoids with inference versions. Each replacement is
+a new module set on the parent in place of the old one and takes over its submodules, as PEFT and transformers'
+quantizers replace layers; only the attention changes its class in place, to keep the hooks on it.
+`restore_plain_modules(model)` puts plain modules back. The int8 path in quantization.py fuses Q, K and V too.
 
 `python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_models.py`
 times the whole model.
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .modeling_vanilla_transformer import (
     VanillaTransformerAttention,
     VanillaTransformerFeedForward,
@@ -101,8 +105,9 @@ class FusedQKVAttention(VanillaTransformerAttention):
 
     @classmethod
     def fuse(cls, attention: VanillaTransformerAttention, keep_projections: bool = False) -> FusedQKVAttention:
-        """Turns `attention` itself into a fused one: the same module object, so hooks on it (transformers' output
-        capturing, a user's) stay. `unfuse` turns it back when the three layers were kept."""
+        """Turns `attention` itself into a fused one, where the other blocks get new modules: transformers' output
+        capturing hooks the attention modules once per model (and a user may have hooked one too), and a new module
+        would not carry those hooks. `unfuse` turns it back when the three layers were kept."""
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         weight = attention.q_proj.weight
         stacked = (RowBlockLinear if keep_projections else nn.Linear)(
@@ -115,21 +120,25 @@ class FusedQKVAttention(VanillaTransformerAttention):
         attention.__class__ = cls
         attention.train(False)
         attention.qkv_proj = stacked
-        if keep_projections:
-            attention.__dict__["_drop_stacked"] = attention.register_state_dict_post_hook(_drop_stacked_weights)
-        else:
+        if not keep_projections:
             del attention.q_proj, attention.k_proj, attention.v_proj  # self-attention no longer calls them
         return attention
 
     def unfuse(self, training: bool) -> VanillaTransformerAttention:
         """The plain self-attention over the three kept layers, in place."""
-        self.__dict__.pop("_drop_stacked").remove()
         del self.qkv_proj
         self.__class__ = VanillaTransformerAttention
         return self.train(training)
 
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if hasattr(self, "q_proj"):  # the three layers are what saves; `qkv_proj` is a copy of them
+            for key in [key for key in state if key.startswith(prefix + "qkv_proj.")]:
+                del state[key]
+        return state
+
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if torch.is_grad_enabled() and "q_proj" in self._modules:
+        if torch.is_grad_enabled() and hasattr(self, "q_proj"):
             return super().project_qkv(hidden_states)  # gradients belong to the three layers
         sizes = (self.num_heads * self.d_k, self.num_heads * self.d_k, self.num_heads * self.d_v)
         query, key, value = self.qkv_proj(hidden_states).split(sizes, dim=-1)
@@ -143,11 +152,6 @@ class FusedQKVAttention(VanillaTransformerAttention):
                 "(train the model quantize_int8 copied from)."
             )
         return super().train(False)
-
-
-def _drop_stacked_weights(module, state_dict, prefix, local_metadata):
-    for key in [key for key in state_dict if key.startswith(prefix + "qkv_proj.")]:
-        del state_dict[key]
 
 
 class InferenceSublayer(VanillaTransformerSublayer):
@@ -173,15 +177,19 @@ class TableSinusoidalPositionalEncoding(VanillaTransformerSinusoidalPositionalEn
     """§3.5's sinusoids read from a float64-built table (grown to the next power of two when a longer sequence
     comes) instead of computed from every decoding step's position."""
 
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        # Filled at the first call; not saved, since d_model and the layout determine it.
+        self.register_buffer("table", torch.empty(0, config.d_model, device="cpu"), persistent=False)
+
     def forward(self, position_ids, max_length):
-        table = self.__dict__.get("_table")
-        if table is None or table.shape[0] < max_length or table.device != position_ids.device:
+        if self.table.shape[0] < max_length or self.table.device != position_ids.device:
             size = 1 << max(max_length - 1, 63).bit_length()
-            table = self.__dict__["_table"] = sinusoid_table(size, self.d_model, self.layout).to(position_ids.device)
-        return table[position_ids]
+            self.table = sinusoid_table(size, self.d_model, self.layout).to(position_ids.device)
+        return self.table[position_ids]
 
 
-# Subclasses that add no state and only override forward: swapped by class, and back.
+# Subclasses that only change forward; each replaces its plain module, and back.
 _INFERENCE_CLASSES = {
     VanillaTransformerSublayer: InferenceSublayer,
     VanillaTransformerFeedForward: InferenceFeedForward,
@@ -190,18 +198,37 @@ _INFERENCE_CLASSES = {
 
 
 def use_inference_blocks(model: nn.Module) -> nn.Module:
-    """Swaps the residual blocks, feed-forward networks and sinusoids of `model` for their inference versions (in
-    eval mode they compute the same; in training they run the plain forward)."""
-    _swap_classes(model, _INFERENCE_CLASSES)
+    """Replaces the residual blocks, feed-forward networks and sinusoids of `model` with their inference versions
+    (in eval mode they compute the same; in training they run the plain forward)."""
+    _replace_blocks(model, _INFERENCE_CLASSES)
     return model
 
 
-def _swap_classes(model: nn.Module, mapping: dict) -> None:
-    for module in model.modules():
-        new = mapping.get(type(module))
-        if new is not None:
-            module.__class__ = new
-            module.__dict__.pop("_table", None)
+def _replace_blocks(model: nn.Module, mapping: dict) -> None:
+    """Each submodule whose type is a key of `mapping` is replaced on its parent by a module of the mapped type, built
+    from the model's config on the meta device (nothing allocated) and then given the old module's own submodules:
+    the same parameters, ties and state-dict keys."""
+    config = None
+    for name, module in list(model.named_modules()):
+        new_type = mapping.get(type(module))
+        if new_type is None or not name:
+            continue
+        config = config or _model_config(model)
+        with torch.device("meta"):
+            new = new_type(config)
+        for child_name, child in module.named_children():
+            setattr(new, child_name, child)
+        new.train(module.training)
+        parent, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent), child_name, new)
+
+
+def _model_config(model: nn.Module) -> VanillaTransformerConfig:
+    for module in model.modules():  # the model, a stack of layers, or an attention module: each holds the config
+        config = getattr(module, "config", None)
+        if isinstance(config, VanillaTransformerConfig):
+            return config
+    raise TypeError(f"{type(model).__name__} holds no VanillaTransformerConfig: pass the model (or one of its stacks).")
 
 
 def _replace_linears(model: nn.Module, old: type[nn.Linear], new: type[nn.Linear]) -> None:
@@ -222,8 +249,8 @@ def _swap_linear(layer: nn.Linear, cls: type[nn.Linear]) -> nn.Linear:
 
 
 def fuse_self_attention(model: nn.Module, keep_projections: bool = False) -> int:
-    """Swaps each layer's self-attention (the encoder's, and the decoder's masked one) for a `FusedQKVAttention`;
-    attention over the encoder output keeps its three products. Returns the number swapped."""
+    """Turns each layer's self-attention (the encoder's, and the decoder's masked one) into a `FusedQKVAttention`;
+    attention over the encoder output keeps its three products. Returns the number fused."""
     swapped = 0
     for layer in model.modules():
         attention = getattr(layer, "self_attn", None)
@@ -238,9 +265,9 @@ def fuse_self_attention(model: nn.Module, keep_projections: bool = False) -> int
 
 
 def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
-    """Swaps, in place, every plain `nn.Linear` of `model` for a `RowBlockLinear` over the same parameters, each
-    self-attention for a `FusedQKVAttention` that keeps its three layers, and the residual blocks, feed-forward
-    networks and sinusoids for inference versions without eval mode's per-step calls; returns the model: faster
+    """Replaces, in place, every plain `nn.Linear` of `model` with a `RowBlockLinear` over the same parameters, the
+    residual blocks, feed-forward networks and sinusoids with inference versions without eval mode's per-step calls,
+    and fuses each self-attention (`FusedQKVAttention`, keeping its three layers); returns the model: faster
     greedy and small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses
     `train()` until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left
     alone."""
@@ -255,10 +282,10 @@ def restore_plain_modules(model: nn.Module) -> nn.Module:
     layers, every `RowBlockLinear` an `nn.Linear` over the same parameters, and the inference blocks plain ones."""
     for layer in model.modules():
         attention = getattr(layer, "self_attn", None)
-        if isinstance(attention, FusedQKVAttention) and "q_proj" in attention._modules:
+        if isinstance(attention, FusedQKVAttention) and hasattr(attention, "q_proj"):
             attention.unfuse(layer.training)
     _replace_linears(model, RowBlockLinear, nn.Linear)
-    _swap_classes(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
+    _replace_blocks(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
     return model
 
 

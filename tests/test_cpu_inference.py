@@ -239,3 +239,34 @@ def test_inference_blocks_compute_the_plain_blocks_and_keep_dropout_in_training(
     assert not torch.allclose(first, second)  # dropout still runs in training
     restore_plain_modules(model)
     assert not ({InferenceSublayer, InferenceFeedForward} & {type(m) for m in model.modules()})
+
+
+def test_inference_blocks_are_new_modules_set_on_the_parent_over_the_same_submodules(tiny_model):
+    # The blocks are replaced (the old objects keep their class), the new ones take over the old ones' LayerNorm and
+    # linear layers, and the sinusoid table is a buffer that is not saved, not state kept outside the module's own.
+    from hf_vanilla_transformer.cpu_inference import InferenceFeedForward, InferenceSublayer
+    from hf_vanilla_transformer.modeling_vanilla_transformer import (
+        VanillaTransformerFeedForward,
+        VanillaTransformerSinusoidalPositionalEncoding,
+        VanillaTransformerSublayer,
+    )
+
+    model = tiny_model()
+    layer, encoder = model.model.decoder.layers[0], model.model.encoder
+    sublayer, feed_forward, positions = layer.cross_attn_sublayer, layer.feed_forward, encoder.embed_positions
+    keys = model.state_dict().keys()
+    optimize_for_cpu_inference(model)
+    assert type(sublayer) is VanillaTransformerSublayer and type(feed_forward) is VanillaTransformerFeedForward
+    assert type(positions) is VanillaTransformerSinusoidalPositionalEncoding
+    assert type(layer.cross_attn_sublayer) is InferenceSublayer and layer.cross_attn_sublayer.norm is sublayer.norm
+    assert type(layer.feed_forward) is InferenceFeedForward
+    assert (layer.feed_forward.fc1.weight, layer.feed_forward.fc2.bias) == (feed_forward.fc1.weight, feed_forward.fc2.bias)
+    with torch.no_grad():
+        model(input_ids=random_ids(2, 5), decoder_input_ids=random_ids(2, 3, seed=1))
+    assert encoder.embed_positions.table.shape == (64, model.config.d_model)
+    assert "model.encoder.embed_positions.table" in dict(model.named_buffers())
+    assert model.state_dict().keys() == keys
+    restore_plain_modules(model)
+    assert type(layer.cross_attn_sublayer) is VanillaTransformerSublayer and layer.cross_attn_sublayer.norm is sublayer.norm
+    assert type(encoder.embed_positions) is VanillaTransformerSinusoidalPositionalEncoding
+    assert not any(name.endswith(".table") for name, _ in model.named_buffers())
