@@ -32,14 +32,16 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Translation, Value
+from datasets.distributed import split_dataset_by_node
 
 logger = logging.getLogger(__name__)
 
@@ -788,81 +790,198 @@ def load_parallel_data(
 # Tokenization and filtering
 # ---------------------------------------------------------------------------------------------
 
+# Fewer pairs a process than this and a split is tokenized in one process: starting workers costs more than it saves.
+PAIRS_PER_WORKER = 50_000
+_ENCODE_BATCH = 2000
+_IDS = pa.list_(pa.int32())
+ENCODED_FEATURES = Features(
+    {
+        "input_ids": datasets.List(Value("int32")),
+        "attention_mask": datasets.List(Value("int8")),
+        "labels": datasets.List(Value("int32")),
+        "source_length": Value("int32"),
+        "target_length": Value("int32"),
+    }
+)
+
 
 @dataclass(frozen=True)
 class FilterStats:
-    """What `preprocess_dataset` kept and dropped in one split; None where streaming hides it."""
+    """What `preprocess_dataset` kept and dropped in one split."""
 
     kept: int | None
     dropped_empty: int | None
     dropped_too_long: int | None
 
 
-def _non_empty(translations: list[dict], source_lang: str, target_lang: str) -> list[bool]:
-    return [
-        bool((pair[source_lang] or "").strip() and (pair[target_lang] or "").strip()) for pair in translations
-    ]
+@dataclass
+class StreamFilterStats:
+    """What `preprocess_dataset` has kept and dropped of a streamed split so far: the counts grow as the process that
+    reads the stream reads it (a second pass over it counts again)."""
+
+    kept: int = 0
+    dropped_empty: int = 0
+    dropped_too_long: int = 0
 
 
-def _tokenize(translations: list[dict], tokenizer, source_lang: str, target_lang: str) -> dict[str, list]:
-    sources = [pair[source_lang] for pair in translations]
-    targets = [pair[target_lang] for pair in translations]
+def available_cpus() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def preprocessing_processes(num_pairs: int, num_proc: int | None) -> int | None:
+    """The processes that tokenize a split of `num_pairs` pairs: `num_proc` if given, else one per core this process
+    may use, as long as each gets `PAIRS_PER_WORKER` pairs. None means this process alone, as datasets.map takes it."""
+    if num_proc is not None:
+        _check_size("num_proc", num_proc, 1)
+        return num_proc if num_proc > 1 else None
+    processes = min(available_cpus(), num_pairs // PAIRS_PER_WORKER)
+    return processes if processes > 1 else None
+
+
+@contextmanager
+def _tokenizers_in_workers(processes: int | None) -> Iterator[None]:
+    # The tokenizers library turns its threads off in a forked worker, with a warning from each, when the parent has
+    # used them (training the BPE does). Saying so first keeps the workers quiet; they get a core each anyway.
+    if not processes or "TOKENIZERS_PARALLELISM" in os.environ:
+        yield
+        return
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+
+def _side(table: pa.Table, lang: str) -> pa.ChunkedArray:
+    return pc.struct_field(table.column(TRANSLATION_COLUMN), lang)
+
+
+def _blank(texts: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a text is null or only whitespace."""
+    return pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0), True)
+
+
+def _token_ids(tokenizer, sources: list[str], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """The input_ids and labels that `tokenizer(sources, text_target=targets)` gives."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        type(tokenizer) is PreTrainedTokenizerFast
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        # A plain fast tokenizer has no target mode and would call its backend just so; calling it here skips building
+        # a BatchEncoding of Python lists per sentence, two fifths of the time.
+        return [e.ids for e in backend.encode_batch(sources)], [e.ids for e in backend.encode_batch(targets)]
     encoded = tokenizer(sources, text_target=targets)
-    return {
-        "input_ids": encoded["input_ids"],
-        "attention_mask": encoded["attention_mask"],
-        "labels": encoded["labels"],
-        "source_length": [len(ids) for ids in encoded["input_ids"]],
-        "target_length": [len(ids) for ids in encoded["labels"]],
-    }
+    return encoded["input_ids"], encoded["labels"]
 
 
-def _fits(
-    source_lengths: list[int], target_lengths: list[int], max_source_length: int, max_target_length: int
-):
-    return [
-        source <= max_source_length and target <= max_target_length
-        for source, target in zip(source_lengths, target_lengths, strict=True)
-    ]
+def _encode_table(
+    table: pa.Table, tokenizer, source_lang: str, target_lang: str, max_source_length: int, max_target_length: int
+) -> pa.Table:
+    """One batch of a loaded split (arrow) as model inputs, without the pairs that have an empty side or do not fit."""
+    sources, targets = _side(table, source_lang), _side(table, target_lang)
+    filled = pc.invert(pc.or_(_blank(sources), _blank(targets)))
+    source_ids, target_ids = _token_ids(
+        tokenizer, pc.filter(sources, filled).to_pylist(), pc.filter(targets, filled).to_pylist()
+    )
+    input_ids, labels = pa.array(source_ids, type=_IDS), pa.array(target_ids, type=_IDS)
+    source_length, target_length = pc.list_value_length(input_ids), pc.list_value_length(labels)
+    ones = pa.array(np.ones(len(input_ids.values), dtype=np.int8))
+    encoded = pa.table(
+        {
+            "input_ids": input_ids,
+            "attention_mask": pa.ListArray.from_arrays(input_ids.offsets, ones),
+            "labels": labels,
+            "source_length": source_length,
+            "target_length": target_length,
+        }
+    )
+    fits = pc.and_(pc.less_equal(source_length, max_source_length), pc.less_equal(target_length, max_target_length))
+    return encoded.filter(fits)
+
+
+def _count_blank_pairs(dataset: Dataset, source_lang: str, target_lang: str) -> int:
+    blank = 0
+    for table in dataset.select_columns([TRANSLATION_COLUMN]).with_format("arrow").iter(batch_size=100_000):
+        blank += pc.sum(pc.or_(_blank(_side(table, source_lang)), _blank(_side(table, target_lang)))).as_py() or 0
+    return blank
+
+
+def _preprocess_stream(
+    dataset: IterableDataset, tokenizer, source_lang, target_lang, max_source_length, max_target_length
+) -> tuple[IterableDataset, StreamFilterStats]:
+    stats = StreamFilterStats()
+
+    # A closure rather than fn_kwargs: datasets copies a stream's pipeline (split by node, shuffled sources), which
+    # would copy a counter passed as an argument, and the counts would go to the copy.
+    def encode(translations: list[dict]) -> dict[str, list]:
+        pairs = [(pair[source_lang] or "", pair[target_lang] or "") for pair in translations]
+        filled = [(source, target) for source, target in pairs if source.strip() and target.strip()]
+        source_ids, target_ids = _token_ids(tokenizer, [pair[0] for pair in filled], [pair[1] for pair in filled])
+        kept = [
+            (source, target)
+            for source, target in zip(source_ids, target_ids, strict=True)
+            if len(source) <= max_source_length and len(target) <= max_target_length
+        ]
+        stats.dropped_empty += len(pairs) - len(filled)
+        stats.dropped_too_long += len(filled) - len(kept)
+        stats.kept += len(kept)
+        return {
+            "input_ids": [source for source, _ in kept],
+            "attention_mask": [[1] * len(source) for source, _ in kept],
+            "labels": [target for _, target in kept],
+            "source_length": [len(source) for source, _ in kept],
+            "target_length": [len(target) for _, target in kept],
+        }
+
+    encoded = dataset.map(
+        encode,
+        batched=True,
+        batch_size=_ENCODE_BATCH,
+        input_columns=TRANSLATION_COLUMN,
+        remove_columns=_column_names(dataset),
+        features=ENCODED_FEATURES,
+    )
+    return encoded, stats
 
 
 def _preprocess_split(
     dataset, tokenizer, source_lang, target_lang, max_source_length, max_target_length, num_proc, desc
 ):
     _check_translation_column(dataset, desc or "dataset", source_lang, target_lang)
-    lazy = isinstance(dataset, IterableDataset)
-
-    def options(step: str) -> dict[str, Any]:
-        # IterableDataset maps and filters lazily and takes neither num_proc nor a description.
-        return {} if lazy else {"num_proc": num_proc, "desc": f"{desc}: {step}" if desc else step}
-
-    languages = {"source_lang": source_lang, "target_lang": target_lang}
-
-    non_empty = dataset.filter(
-        _non_empty,
-        batched=True,
-        input_columns=TRANSLATION_COLUMN,
-        fn_kwargs=languages,
-        **options("dropping empty pairs"),
-    )
-    tokenized = non_empty.map(
-        _tokenize,
-        batched=True,
-        input_columns=TRANSLATION_COLUMN,
-        remove_columns=_column_names(dataset),
-        fn_kwargs={"tokenizer": tokenizer, **languages},
-        **options("tokenizing"),
-    )
-    kept = tokenized.filter(
-        _fits,
-        batched=True,
-        input_columns=["source_length", "target_length"],
-        fn_kwargs={"max_source_length": max_source_length, "max_target_length": max_target_length},
-        **options("dropping long pairs"),
-    )
-    if lazy:
-        return kept, FilterStats(None, None, None)
-    stats = FilterStats(len(kept), len(dataset) - len(non_empty), len(non_empty) - len(kept))
+    if isinstance(dataset, IterableDataset):
+        return _preprocess_stream(dataset, tokenizer, source_lang, target_lang, max_source_length, max_target_length)
+    processes = preprocessing_processes(len(dataset), num_proc)
+    with _tokenizers_in_workers(processes):
+        # One pass, read and written as arrow: tokenized, and the pairs that are empty or too long dropped on the way.
+        encoded = (
+            dataset.select_columns([TRANSLATION_COLUMN])
+            .with_format("arrow")
+            .map(
+                _encode_table,
+                batched=True,
+                batch_size=_ENCODE_BATCH,
+                remove_columns=[TRANSLATION_COLUMN],
+                features=ENCODED_FEATURES,
+                fn_kwargs={
+                    "tokenizer": tokenizer,
+                    "source_lang": source_lang,
+                    "target_lang": target_lang,
+                    "max_source_length": max_source_length,
+                    "max_target_length": max_target_length,
+                },
+                num_proc=processes,
+                desc=f"{desc}: tokenizing" if desc else "tokenizing",
+            )
+        )
+    encoded = encoded.with_format(dataset.format["type"], **dataset.format["format_kwargs"])
+    blank = _count_blank_pairs(dataset, source_lang, target_lang)
+    stats = FilterStats(len(encoded), blank, len(dataset) - blank - len(encoded))
     logger.info(
         "%s: kept %d pairs, dropped %d empty and %d longer than %d source / %d target tokens.",
         desc or "dataset",
@@ -872,7 +991,7 @@ def _preprocess_split(
         max_source_length,
         max_target_length,
     )
-    return kept, stats
+    return encoded, stats
 
 
 def longest_source(dataset: Dataset) -> int:
@@ -892,9 +1011,11 @@ def preprocess_dataset(
 ):
     """Tokenize translation pairs into input_ids, attention_mask, labels, source_length, target_length.
 
-    Pairs with an empty side are dropped, and so are pairs longer than the limits (counted in
-    tokens, `</s>` included) rather than truncated. Returns the dataset and `FilterStats` (a dict
-    of them per split for a dict of splits); streamed splits are filtered lazily, counts None.
+    Pairs with an empty side are dropped, and so are pairs longer than the limits (counted in tokens, `</s>`
+    included) rather than truncated. A loaded split is tokenized in `num_proc` processes (default: one per core
+    for a large split, see `preprocessing_processes`) and its counts are `FilterStats`; a streamed split is
+    tokenized lazily as it is read, and its `StreamFilterStats` count as it goes. Returns the dataset and its stats
+    (a dict of them per split for a dict of splits).
     """
     _check_size("max_source_length", max_source_length, 1)
     _check_size("max_target_length", max_target_length, 1)
@@ -912,3 +1033,52 @@ def preprocess_dataset(
         f"dataset must be a datasets Dataset, DatasetDict, IterableDataset or IterableDatasetDict, "
         f"got {type(dataset).__name__}."
     )
+
+
+def tokenizer_training_texts(
+    split: Dataset | IterableDataset,
+    source_lang: str,
+    target_lang: str,
+    max_pairs: int | None,
+    seed: int = 0,
+    batch_size: int = 10_000,
+) -> Iterator[str]:
+    """Both sides of at most `max_pairs` pairs of a split, for `train_bpe_tokenizer`: pairs drawn at random from a
+    loaded split (read in arrow batches, in their order in the file), or the first pairs of a stream through a
+    shuffle buffer of `batch_size`. Empty texts are left out."""
+    if max_pairs is not None:
+        _check_size("max_pairs", max_pairs, 1)
+    _check_translation_column(split, "the tokenizer's training split", source_lang, target_lang)
+    if isinstance(split, IterableDataset):
+        stream = split.shuffle(seed=seed, buffer_size=batch_size)
+        for batch in (stream.take(max_pairs) if max_pairs else stream).iter(batch_size=batch_size):
+            pairs = batch[TRANSLATION_COLUMN]
+            for lang in (source_lang, target_lang):
+                yield from filter(None, (pair[lang] for pair in pairs))
+        return
+    if max_pairs is not None and len(split) > max_pairs:
+        chosen = np.random.default_rng(seed).choice(len(split), size=max_pairs, replace=False)
+        split = split.select(np.sort(chosen))
+    for table in split.select_columns([TRANSLATION_COLUMN]).with_format("arrow").iter(batch_size=batch_size):
+        for lang in (source_lang, target_lang):
+            yield from filter(None, _side(table, lang).to_pylist())
+
+
+def _every_nth(_, index: int, rank: int, world_size: int) -> bool:
+    return index % world_size == rank
+
+
+def stream_share(stream: IterableDataset, rank: int, world_size: int) -> IterableDataset:
+    """Process `rank`'s share of a stream read by `world_size` processes, to take before tokenizing so that each
+    process tokenizes only its own pairs: whole shards when they divide evenly among the processes
+    (datasets' `split_dataset_by_node`), else every `world_size`-th pair. The shares are disjoint and cover the
+    stream."""
+    _check_size("world_size", world_size, 1)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size), got rank={rank} and world_size={world_size}.")
+    if world_size == 1:
+        return stream
+    if stream.num_shards % world_size == 0:
+        return split_dataset_by_node(stream, rank, world_size)
+    # datasets would take every n-th pair after the whole pipeline, tokenizing in every process all of them.
+    return stream.filter(_every_nth, with_indices=True, fn_kwargs={"rank": rank, "world_size": world_size})

@@ -20,7 +20,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ._io import write_file
-from .data import SOURCE_LANG, TARGET_LANG, FilterStats
+from .data import SOURCE_LANG, TARGET_LANG, FilterStats, StreamFilterStats
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,12 @@ def _count(value: int | None, unknown: str = "–") -> str:
     return unknown if value is None else f"{value:,}"
 
 
+def _used(stats: FilterStats | StreamFilterStats) -> str:
+    if isinstance(stats, StreamFilterStats):  # counted as training read the stream, by the main process
+        return f"{stats.kept:,} read (streamed)"
+    return _count(stats.kept, "not counted (streamed)")
+
+
 def _sizes_table(model) -> str:
     config = model.config
     heads = config.num_heads
@@ -99,8 +105,7 @@ def _data_section(data: DataSummary) -> str:
     if data.split_stats:
         rows = ["| split | pairs used | dropped: empty | dropped: too long |", "|---|---|---|---|"]
         rows += [
-            f"| {split} | {_count(s.kept, 'not counted (streamed)')} | {_count(s.dropped_empty)} | "
-            f"{_count(s.dropped_too_long)} |"
+            f"| {split} | {_used(s)} | {_count(s.dropped_empty)} | {_count(s.dropped_too_long)} |"
             for split, s in data.split_stats.items()
         ]
         parts.append("\n".join(rows))

@@ -4,7 +4,9 @@ schedule, beam-search evaluation with sacreBLEU, and checkpoints that a killed r
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -26,13 +28,14 @@ from transformers.trainer_utils import (
     rotate_checkpoints,
 )
 
-from ._io import publish_folder
-from .batching import TokenBudgetBatchSampler
+from ._io import publish_folder, write_file
+from .batching import TokenBudgetBatchSampler, TokenBudgetStream
 from .configuration_vanilla_transformer import TABLE3, check_table3_row
 
 logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
+STREAM_POSITION = "stream_position_{}.json"  # per process, in each checkpoint of a token-budget stream
 
 
 def paper_learning_rate(d_model: int, warmup_steps: int) -> float:
@@ -107,6 +110,63 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir)
 
 
+def _warn_if_not_sharded(trainer) -> None:
+    """One line when FSDP or DeepSpeed was asked for but accelerate set up something else: on CPUs it runs the
+    processes as MULTI_CPU, plain DDP with every weight on every process, and says nothing."""
+    args = trainer.args
+    for name, asked, running in (
+        ("FSDP", bool(args.fsdp) or _env_flag("ACCELERATE_USE_FSDP"), trainer.is_fsdp_enabled),
+        ("DeepSpeed", bool(args.deepspeed) or _env_flag("ACCELERATE_USE_DEEPSPEED"), trainer.is_deepspeed_enabled),
+    ):
+        if asked and not running:
+            logger.warning(
+                "%s was asked for, but accelerate set up %s for %d process(es): nothing is sharded, every process "
+                "holds all the weights (accelerate shards with %s on GPUs only).",
+                name, trainer.accelerator.distributed_type.value, args.world_size, name,
+            )  # fmt: skip
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+class _TrainerLogLines(logging.Filter):
+    """The Trainer's "Running training" lines, where they count sentences of fixed batches: token-budget batches
+    hold a varying number, and a stream's length is unknown (its "Num Epochs" would be sys.maxsize)."""
+
+    def __init__(self, max_tokens: int, streamed: bool):
+        super().__init__()
+        self.max_tokens, self.streamed = max_tokens, streamed
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.getMessage().split("=")[0].strip()
+        if name == "Instantaneous batch size per device":
+            record.msg, record.args = f"  Batches of up to {self.max_tokens:,} source and target tokens per device", ()
+        elif name == "Total train batch size (w. parallel, distributed & accumulation)":
+            return False  # a count of sentences, which token-budget batches do not have
+        elif self.streamed and name == "Num examples":
+            record.msg, record.args = "  Num examples = a stream, counted as read (pairs_trained in the logs)", ()
+        elif self.streamed and name == "Num Epochs":
+            record.msg, record.args = "  Num Epochs = the passes over the stream max_steps takes (epoch in logs)", ()
+        elif self.streamed and name == "Num update steps per epoch":
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _trainer_log_lines(max_tokens: int | None, streamed: bool):
+    if max_tokens is None:
+        yield
+        return
+    trainer_logger = logging.getLogger("transformers.trainer")
+    rewrite = _TrainerLogLines(max_tokens, streamed)
+    trainer_logger.addFilter(rewrite)
+    try:
+        yield
+    finally:
+        trainer_logger.removeFilter(rewrite)
+
+
 class NoUnscheduledFinalCheckpoint(TrainerCallback):
     """The Trainer saves a checkpoint (weights, optimizer and scheduler state) at the last step even when
     `save_steps` does not fall there; the finished model is saved beside it anyway. Keep to the schedule."""
@@ -131,7 +191,11 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
 
     max_tokens_per_batch: when set, training batches are packed by length up to this many padded source
         tokens and as many target tokens (§5.1), instead of a fixed number of sentences. Under several
-        processes each rank takes every n-th batch.
+        processes each rank takes every n-th batch. A streamed training set is packed a window at a time
+        (`TokenBudgetStream`), and each process reads the stream it is given: give each its own share
+        (`data.stream_share`, before tokenizing). The stream's position is saved with every checkpoint.
+    shuffle_buffer_size: the pairs of a stream shuffled, sorted and packed together (the window).
+    stream_filter_stats: the `StreamFilterStats` of a streamed training set, logged as training reads it.
     source_length_column, target_length_column: dataset columns holding each pair's token counts.
     """
 
@@ -139,6 +203,8 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         self,
         *args,
         max_tokens_per_batch: int | None = None,
+        shuffle_buffer_size: int = 20_000,
+        stream_filter_stats=None,
         source_length_column: str = "source_length",
         target_length_column: str = "target_length",
         **kwargs,
@@ -153,12 +219,15 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             self.model.config.use_cache = use_cache or self.args.use_cache
         if max_tokens_per_batch is not None and max_tokens_per_batch <= 0:
             raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}.")
-        if max_tokens_per_batch is not None and isinstance(self.train_dataset, datasets.IterableDataset):
-            raise ValueError(
-                "max_tokens_per_batch packs batches from every example's length, which a streamed (iterable) "
-                "dataset does not give up front; leave it unset to batch a stream by per_device_train_batch_size."
-            )
+        if shuffle_buffer_size < 1:
+            raise ValueError(f"shuffle_buffer_size must be positive, got {shuffle_buffer_size}.")
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.shuffle_buffer_size = shuffle_buffer_size
+        self.stream_filter_stats = stream_filter_stats
+        self.stream: TokenBudgetStream | None = None  # the token-budget stream being trained on
+        self._stream_pairs_at_start = 0
+        self._resuming_from: str | None = None
+        _warn_if_not_sharded(self)
         if not 0.0 <= self.args.label_smoothing_factor < 1.0:
             raise ValueError(f"label_smoothing_factor must be in [0, 1), got {self.args.label_smoothing_factor}.")
         self.label_smoothing = 0.0
@@ -184,7 +253,10 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             self._load_from_checkpoint(resume_from_checkpoint)
             self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
             return TrainOutput(self.state.global_step, None, {})
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self._resuming_from = resume_from_checkpoint or None
+        streamed = self.max_tokens_per_batch is not None and isinstance(self.train_dataset, datasets.IterableDataset)
+        with _trainer_log_lines(self.max_tokens_per_batch, streamed):
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _is_last_step(self, checkpoint: str) -> bool:
         state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
@@ -241,13 +313,17 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         if self.max_tokens_per_batch is None:
             return super().get_train_dataloader()
         dataset = self.train_dataset
+        if isinstance(dataset, datasets.IterableDataset):
+            return self._stream_dataloader(dataset)
         missing = [c for c in self.length_columns if c not in dataset.column_names]
         if missing:
             raise ValueError(
                 f"Token-budget batching needs the columns {missing} in the training set (have {dataset.column_names}); "
                 "preprocess it with hf_vanilla_transformer.data.preprocess_dataset."
             )
-        lengths = list(zip(dataset[self.length_columns[0]], dataset[self.length_columns[1]]))
+        # Read as arrays, straight from arrow: walking millions of rows into Python tuples took minutes.
+        table = dataset.select_columns(list(self.length_columns)).with_format("arrow")[:]
+        lengths = np.stack([table.column(name).to_numpy() for name in self.length_columns], axis=1)
         sampler = TokenBudgetBatchSampler(
             lengths,
             max_tokens=self.max_tokens_per_batch,
@@ -270,8 +346,61 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
 
+    def _stream_dataloader(self, dataset: datasets.IterableDataset) -> DataLoader:
+        missing = [c for c in self.length_columns if c not in (dataset.column_names or [])]
+        if missing:
+            raise ValueError(
+                f"Token-budget batching needs the columns {missing} in the training stream (have "
+                f"{dataset.column_names}); preprocess it with hf_vanilla_transformer.data.preprocess_dataset."
+            )
+        if self.args.remove_unused_columns:
+            self._set_signature_columns_if_needed()
+            keep = {*self._signature_columns, *self.length_columns}
+            dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+        self._stream_pairs_at_start = 0
+        self.stream = TokenBudgetStream(
+            dataset,
+            max_tokens=self.max_tokens_per_batch,
+            window_size=self.shuffle_buffer_size,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            length_columns=self.length_columns,
+        )
+        # Batches are made in this process, one when the Trainer asks for it, so that the stream's position at a
+        # checkpoint is known (workers would read ahead, each through the whole stream).
+        return DataLoader(
+            self.stream, batch_size=None, collate_fn=self.data_collator, pin_memory=self.args.dataloader_pin_memory
+        )
+
+    def get_resumed_dataloader(self, dataloader: DataLoader, num_batches: int) -> DataLoader:
+        if self.stream is None or dataloader.dataset is not self.stream:
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        path = os.path.join(self._resuming_from or "", STREAM_POSITION.format(self.args.process_index))
+        if not os.path.isfile(path):
+            logger.warning("%s has no stream position: reading the stream again up to step %d.", path, num_batches)
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        with open(path, encoding="utf-8") as handle:
+            self.stream.restore(json.load(handle))
+        self._stream_pairs_at_start = self.stream.pairs
+        if self.stream.batches != num_batches:
+            raise ValueError(
+                f"{path} holds the stream's position after {self.stream.batches} batches, but the checkpoint is at "
+                f"{num_batches}; it belongs to another run."
+            )
+        logger.info("Resuming the stream where %s left it (epoch %d).", self._resuming_from, self.stream.epoch)
+        return dataloader
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if self.sentences_per_batch is not None and "train_samples_per_second" in logs:
+        if self.stream is not None:
+            # A stream's length is unknown: the Trainer's epoch would be the fraction of max_steps. Say what was read.
+            self.state.epoch = self.stream.epochs()
+            logs["pairs_trained"] = self.stream.pairs
+            if self.stream_filter_stats is not None:
+                logs["pairs_dropped_empty"] = self.stream_filter_stats.dropped_empty
+                logs["pairs_dropped_too_long"] = self.stream_filter_stats.dropped_too_long
+            if "train_samples_per_second" in logs:
+                pairs = self.stream.pairs - self._stream_pairs_at_start
+                logs["train_samples_per_second"] = round(pairs * self.args.world_size / logs["train_runtime"], 3)
+        elif self.sentences_per_batch is not None and "train_samples_per_second" in logs:
             # The Trainer counts per_device_train_batch_size sentences a batch; token-budget batches hold more.
             per_step = self.sentences_per_batch * self.args.gradient_accumulation_steps * self.args.world_size
             logs["train_samples_per_second"] = round(logs["train_steps_per_second"] * per_step, 3)
@@ -293,6 +422,10 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._get_output_dir = original
+        if self.stream is not None:  # every process its own, as the Trainer saves each one's random state
+            position = self.stream.position(self.state.global_step * self.args.gradient_accumulation_steps)
+            path = os.path.join(staging_root, name, STREAM_POSITION.format(self.args.process_index))
+            write_file(path, json.dumps(position))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_folder(os.path.join(staging_root, name), os.path.join(run_dir, name), replace=True)

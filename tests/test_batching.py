@@ -1,9 +1,12 @@
+import itertools
+import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
-from hf_vanilla_transformer.batching import TokenBudgetBatchSampler
+from hf_vanilla_transformer.batching import TokenBudgetBatchSampler, TokenBudgetStream, pack_by_width
 
 
 def _pairs(count: int = 500, seed: int = 0) -> list[tuple[int, int]]:
@@ -145,3 +148,113 @@ def test_works_as_a_dataloader_batch_sampler():
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
     assert len(loader) == 5
     assert torch.equal(torch.cat(list(loader)), data)
+
+
+def test_lengths_can_come_as_an_array_and_errors_still_name_the_pair():
+    lengths = np.array([(3, 4), (5, 6), (3, 70)])
+    with pytest.raises(ValueError, match=r"Example 2 has length \(3, 70\).*max_tokens=64"):
+        TokenBudgetBatchSampler(lengths, max_tokens=64)
+    with pytest.raises(ValueError, match=r"Example 1 has length \(0, 6\)"):
+        TokenBudgetBatchSampler(np.array([(3, 4), (0, 6)]), max_tokens=64)
+    assert list(TokenBudgetBatchSampler(np.array(_pairs(50)), max_tokens=300, seed=2)) == list(
+        TokenBudgetBatchSampler(_pairs(50), max_tokens=300, seed=2)
+    )
+
+
+def greedy_reference(widths: list[int], max_tokens: int) -> list[int]:
+    """Where each batch starts, added example by example: the packing the paper describes."""
+    starts, widest = [0], 0
+    for index, width in enumerate(widths):
+        if index > starts[-1] and (index - starts[-1] + 1) * max(widest, width) > max_tokens:
+            starts.append(index)
+            widest = 0
+        widest = max(widest, width)
+    return starts + [len(widths)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packing_by_width_is_the_greedy_packing(seed):
+    rng = random.Random(seed)
+    widths = sorted(rng.randint(1, 60) for _ in range(rng.randint(1, 300)))
+    widths = [w + rng.choice((0, 0, 5)) for w in widths]  # mostly sorted, as the target side makes them
+    for max_tokens in (65, 120, 1000):
+        assert pack_by_width(np.array(widths), max_tokens).tolist() == greedy_reference(widths, max_tokens)
+
+
+class ListStream:
+    """The part of datasets' IterableDataset that TokenBudgetStream uses: epochs, iteration and its state."""
+
+    def __init__(self, rows):
+        self.rows, self.epoch, self.start, self.position = rows, 0, 0, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def state_dict(self):
+        return {"position": self.position, "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.start = state["position"]
+
+    def __iter__(self):
+        self.position, self.start = self.start, 0
+        order = list(range(len(self.rows)))
+        random.Random(self.epoch).shuffle(order)  # each epoch its own order, as datasets shuffles shards
+        while self.position < len(order):
+            self.position += 1
+            yield self.rows[order[self.position - 1]]
+
+
+def stream_rows(count=230, seed=0):
+    rng = random.Random(seed)
+    return [
+        {"id": i, "source_length": s, "target_length": t, "input_ids": [7] * s}
+        for i, (s, t) in enumerate((rng.randint(1, 40), rng.randint(1, 40)) for _ in range(count))
+    ]
+
+
+def test_a_stream_is_packed_a_window_at_a_time_within_the_budget_each_pair_once_an_epoch():
+    rows = stream_rows()
+    batches = TokenBudgetStream(ListStream(rows), max_tokens=120, window_size=50, seed=1)
+    seen, epochs, padded = [], [], 0
+    for batch in itertools.islice(batches, 200):
+        padded += len(batch) * max(rows[e["id"]]["source_length"] for e in batch)
+        widest = max(max(rows[e["id"]]["source_length"], rows[e["id"]]["target_length"]) for e in batch)
+        assert len(batch) * widest <= 120
+        assert "source_length" not in batch[0] and "input_ids" in batch[0]  # lengths are for batching only
+        seen += [(batches.epoch, example["id"]) for example in batch]
+        epochs.append(batches.epochs())
+    first, second = ([i for e, i in seen if e == epoch] for epoch in (0, 1))
+    assert sorted(first) == list(range(230)) and sorted(second) == list(range(230))
+    assert first != second  # another order in each epoch
+    # Sorted within a window of 50, the batches group similar lengths: little padding.
+    assert padded < 1.2 * sum(rows[i]["source_length"] for _, i in seen)
+    assert epochs[0] is None and 1 < epochs[-1] < 3 and batches.pairs_per_epoch == 230
+
+
+def test_a_stream_resumes_exactly_from_any_position():
+    rows = stream_rows()
+    whole = TokenBudgetStream(ListStream(rows), max_tokens=120, window_size=50, seed=3)
+    expected = [[example["id"] for example in batch] for batch in itertools.islice(whole, 150)]
+    for stop in (0, 1, 17, 38, 120):
+        reader = TokenBudgetStream(ListStream(rows), max_tokens=120, window_size=50, seed=3)
+        list(itertools.islice(reader, stop + 3))  # read ahead of what is trained, as a loader may
+        position = json.loads(json.dumps(reader.position(stop)))
+        resumed = TokenBudgetStream(ListStream(rows), max_tokens=120, window_size=50, seed=3)
+        resumed.restore(position)
+        assert resumed.pairs == sum(map(len, expected[:stop]))
+        assert [[e["id"] for e in batch] for batch in itertools.islice(resumed, 150 - stop)] == expected[stop:], stop
+    other = TokenBudgetStream(ListStream(rows), max_tokens=100, window_size=50, seed=3)
+    with pytest.raises(ValueError, match="made with max_tokens=120, this run has 100"):
+        other.restore(position)
+
+
+def test_a_stream_names_a_pair_too_long_for_the_budget_and_an_empty_stream():
+    rows = stream_rows(10)
+    rows[4]["target_length"] = 90
+    with pytest.raises(ValueError, match=r"length \(\d+, 90\), more than max_tokens=64"):
+        next(iter(TokenBudgetStream(ListStream(rows), max_tokens=64)))
+    with pytest.raises(ValueError, match="The stream holds no pairs"):
+        next(iter(TokenBudgetStream(ListStream([]), max_tokens=64)))
+    with pytest.raises(ValueError, match="window_size must be at least 1"):
+        TokenBudgetStream(ListStream(rows), max_tokens=64, window_size=0)

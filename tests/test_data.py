@@ -1,3 +1,5 @@
+import copy
+import dataclasses
 import itertools
 import json
 import logging
@@ -11,6 +13,7 @@ from hf_vanilla_transformer.data import (
     SOURCE_LANG,
     TARGET_LANG,
     FilterStats,
+    StreamFilterStats,
     load_builtin_dataset,
     load_parallel_data,
     preprocess_dataset,
@@ -482,12 +485,13 @@ def test_preprocess_never_truncates(tokenizer):
     assert max(processed["source_length"]) < longest
 
 
-def test_preprocess_streaming_is_lazy_and_gives_the_same_rows(tokenizer):
-    eager, _ = preprocess_dataset(_raw_split(), tokenizer, "en", "toy", 12, 12)
+def test_preprocess_streaming_is_lazy_gives_the_same_rows_and_counts_as_it_reads(tokenizer):
+    eager, counted = preprocess_dataset(_raw_split(), tokenizer, "en", "toy", 12, 12)
     lazy, stats = preprocess_dataset(_raw_split().to_iterable_dataset(), tokenizer, "en", "toy", 12, 12)
     assert isinstance(lazy, IterableDataset)
-    assert stats == FilterStats(kept=None, dropped_empty=None, dropped_too_long=None)
+    assert stats == StreamFilterStats(kept=0, dropped_empty=0, dropped_too_long=0)  # nothing read yet
     assert list(lazy) == list(eager)
+    assert dataclasses.astuple(stats) == dataclasses.astuple(counted) == (2, 3, 2)
 
 
 def test_preprocess_builtin_task_keeps_everything(builtin, tokenizer):
@@ -508,3 +512,77 @@ def test_preprocess_errors(tokenizer):
         preprocess_dataset(_raw_split(), tokenizer, "en", "toy", 8, 0)
     with pytest.raises(TypeError, match="got list"):
         preprocess_dataset([{"en": "a", "toy": "b"}], tokenizer, "en", "toy", 8, 8)
+
+
+def test_the_general_tokenizer_call_is_kept_where_the_backend_is_set_up_otherwise(tokenizer):
+    # The tokenizer's call turns off a truncation saved in its backend; encoding with the backend alone would keep it.
+    truncating = copy.deepcopy(tokenizer)
+    truncating.backend_tokenizer.enable_truncation(3)
+    processed, _ = preprocess_dataset(_raw_split(), truncating, "en", "toy", 100, 100)
+    pairs = _raw_split()["translation"]
+    sources = [pair["en"] for pair in pairs if (pair["en"] or "").strip() and (pair["toy"] or "").strip()]
+    assert processed["input_ids"] == tokenizer(sources)["input_ids"]
+    assert max(processed["source_length"]) > 3
+
+
+def test_a_large_split_is_tokenized_on_every_core(monkeypatch, builtin, tokenizer):
+    monkeypatch.setattr(data, "available_cpus", lambda: 4)
+    assert data.preprocessing_processes(1_000_000, None) == 4
+    assert data.preprocessing_processes(120_000, None) == 2  # each process gets PAIRS_PER_WORKER pairs at least
+    assert data.preprocessing_processes(40_000, None) is None  # one process: starting workers would cost more
+    assert data.preprocessing_processes(1_000_000, 1) is None and data.preprocessing_processes(10, 3) == 3
+    with pytest.raises(ValueError, match="num_proc must be at least 1"):
+        data.preprocessing_processes(10, 0)
+
+    monkeypatch.setattr(data, "available_cpus", lambda: 2)
+    monkeypatch.setattr(data, "PAIRS_PER_WORKER", 100)
+    processes = []
+    original = Dataset.map
+    def recording_map(self, *args, **kwargs):
+        processes.append(kwargs.get("num_proc"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "map", recording_map)
+    split = builtin["validation"]
+    parallel, parallel_stats = preprocess_dataset(split, tokenizer, SOURCE_LANG, TARGET_LANG, 20, 20)
+    assert processes[-1] == 2
+    single, single_stats = preprocess_dataset(split, tokenizer, SOURCE_LANG, TARGET_LANG, 20, 20, num_proc=1)
+    assert processes[-1] is None
+    assert parallel_stats == single_stats and parallel_stats.dropped_too_long > 0
+    assert parallel.to_list() == single.to_list()
+
+
+def test_the_tokenizer_trains_on_a_bounded_random_sample_read_in_batches():
+    pairs = [{"en": f"s{i}", "toy": f"t{i}"} for i in range(1000)]
+    pairs[3] = {"en": "s3", "toy": ""}
+    split = Dataset.from_dict({"translation": pairs})
+    texts = list(data.tokenizer_training_texts(split, "en", "toy", max_pairs=100, seed=1, batch_size=30))
+    chosen = [int(text[1:]) for text in texts if text.startswith("s")]
+    assert len(chosen) == 100 and chosen == sorted(chosen)  # read in the order of the file
+    assert max(chosen) > 500  # drawn from the whole split, not its first pairs
+    assert sorted(int(text[1:]) for text in texts if text.startswith("t")) == [i for i in chosen if i != 3]
+    assert sorted(texts) == sorted(data.tokenizer_training_texts(split, "en", "toy", max_pairs=100, seed=1))
+    assert len(list(data.tokenizer_training_texts(split, "en", "toy", max_pairs=None))) == 1999
+
+    stream = split.to_iterable_dataset()
+    texts = list(data.tokenizer_training_texts(stream, "en", "toy", max_pairs=100, batch_size=50))
+    chosen = [int(text[1:]) for text in texts if text.startswith("s")]
+    assert len(chosen) == 100 and max(chosen) < 150  # the first pairs, through a shuffle buffer of 50
+    assert chosen != sorted(chosen)
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_each_process_tokenizes_its_own_share_of_a_stream(tokenizer, shards):
+    nouns = "dog cat bird horse farmer teacher doctor student king queen".split()
+    rows = [{"en": f"the {noun} sleeps", "toy": f"{noun} gu sleep"} for noun in nouns]
+    stream = Dataset.from_dict({"translation": rows}).to_iterable_dataset(num_shards=shards)
+    seen = []
+    for rank in range(2):
+        share = data.stream_share(stream, rank, 2)
+        processed, stats = preprocess_dataset(share, tokenizer, "en", "toy", 64, 64)
+        seen.append([tokenizer.decode(example["input_ids"], skip_special_tokens=True) for example in processed])
+        assert stats.kept == len(seen[-1])  # tokenized: the share only
+    assert sorted(seen[0] + seen[1]) == sorted(row["en"] for row in rows) and len(seen[0]) == len(seen[1]) == 5
+    assert data.stream_share(stream, 0, 1) is stream
+    with pytest.raises(ValueError, match=r"rank must lie in \[0, world_size\)"):
+        data.stream_share(stream, 2, 2)

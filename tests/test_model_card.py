@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import ModelCard
 
 import hf_vanilla_transformer.model_card as model_card
-from hf_vanilla_transformer.data import FilterStats
+from hf_vanilla_transformer.data import FilterStats, StreamFilterStats
 from hf_vanilla_transformer.model_card import DataSummary, write_model_card, write_run_card
 
 SCORES = {
@@ -128,6 +128,14 @@ def test_write_run_card_describes_the_run_and_uploads_it_under_push_to_hub(tiny_
     assert "| training time | 3723.4 s (1 h 02 min 03 s) |" in text
     assert 'model_id = "you/tiny"' in text and '["Guten Morgen"]' in text
     assert "hf-vanilla-translate you/tiny 'Guten Morgen'" in text
+
+
+def test_a_streamed_split_shows_the_pairs_training_read_of_it(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "upload_file", lambda **kwargs: None)
+    run = fake_run(tmp_path, tiny_model())
+    run["stats"] = {"train": StreamFilterStats(kept=1234, dropped_empty=1, dropped_too_long=2)}
+    text = ModelCard.load(write_run_card(run.pop("trainer"), **run)).text
+    assert "| train | 1,234 read (streamed) | 1 | 2 |" in text
 
 
 def test_write_run_card_writes_nothing_when_the_run_trained_nothing(tiny_model, tmp_path, monkeypatch):

@@ -1,11 +1,14 @@
 """The training pieces of `hf_vanilla_transformer.training`: the paper's learning rate, scoring, batching."""
 
+import logging
 from collections import Counter
 
+import datasets
 import numpy as np
 import pytest
 import sacrebleu
 import torch
+import transformers
 from transformers import DataCollatorForSeq2Seq, EvalPrediction, Seq2SeqTrainingArguments, get_scheduler
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
@@ -135,7 +138,9 @@ def test_compute_metrics_decodes_predictions_and_minus_100_labels(tokenizer):
 # ---------------------------------------------------------------------------------------------
 
 
-def make_trainer(tmp_path, tokenizer, train_dataset, max_steps=-1, **kwargs):
+def make_trainer(
+    tmp_path, tokenizer, train_dataset, max_steps=-1, trainer_class=VanillaSeq2SeqTrainer, args=None, **kwargs
+):
     config = VanillaTransformerConfig(
         vocab_size=len(tokenizer),
         d_model=16,
@@ -150,9 +155,9 @@ def make_trainer(tmp_path, tokenizer, train_dataset, max_steps=-1, **kwargs):
     )
     model = VanillaTransformerForConditionalGeneration(config)
     args = Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path / "out"), report_to="none", seed=3, use_cpu=True, max_steps=max_steps
+        output_dir=str(tmp_path / "out"), report_to="none", seed=3, use_cpu=True, max_steps=max_steps, **(args or {})
     )
-    return VanillaSeq2SeqTrainer(
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -199,11 +204,97 @@ def test_token_budget_trainer_rejects_bad_budget_and_missing_length_columns(tmp_
     )
     with pytest.raises(ValueError, match="max_tokens_per_batch must be positive"):
         make_trainer(tmp_path, tokenizer, train, max_tokens_per_batch=0)
-    with pytest.raises(ValueError, match="streamed"):
-        make_trainer(tmp_path, tokenizer, train.to_iterable_dataset(), max_steps=5, max_tokens_per_batch=100)
     trainer = make_trainer(tmp_path, tokenizer, train.remove_columns("target_length"), max_tokens_per_batch=100)
     with pytest.raises(ValueError, match=r"needs the columns \['target_length'\]"):
         trainer.get_train_dataloader()
+
+
+class RecordingTrainer(VanillaSeq2SeqTrainer):
+    """Writes down the unpadded source rows of every batch it trains on, by step."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen = getattr(self, "seen", [])
+        sizes = inputs["input_ids"].numel(), inputs["labels"].numel()
+        self.seen.append((self.state.global_step, unpadded_rows(inputs), *sizes))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def test_a_stream_gets_token_budget_batches_and_resumes_where_its_checkpoint_left_it(
+    tmp_path, tokenizer, builtin_pairs
+):
+    train, _ = preprocess_dataset(
+        builtin_pairs["train"], tokenizer, SOURCE_LANG, TARGET_LANG, max_source_length=64, max_target_length=64
+    )
+    stream, stats = preprocess_dataset(
+        builtin_pairs["train"].to_iterable_dataset(), tokenizer, SOURCE_LANG, TARGET_LANG, 64, 64
+    )
+    # 148 pairs in windows of 40: the 20 steps go past the end of the stream into its second epoch, and the
+    # checkpoint at step 7 falls inside a window.
+    options = dict(
+        max_steps=20, max_tokens_per_batch=400, shuffle_buffer_size=40, stream_filter_stats=stats,
+        trainer_class=RecordingTrainer, args={"save_strategy": "steps", "save_steps": 7, "logging_steps": 1},
+    )  # fmt: skip
+    whole = make_trainer(tmp_path / "whole", tokenizer, stream, **options)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    trainer_logger = logging.getLogger("transformers.trainer")
+    trainer_logger.addHandler(handler)
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_info()
+    try:
+        whole.train()
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+        trainer_logger.removeHandler(handler)
+    log = "\n".join(lines)
+    assert "Num Epochs = the passes over the stream max_steps takes (epoch in logs)" in log
+    assert "9,223,372,036,854,775,807" not in log and "Instantaneous batch size" not in log
+    for _, rows, source_tokens, target_tokens in whole.seen:
+        assert source_tokens <= 400 and target_tokens <= 400  # padded, both sides
+    first_epoch = Counter(row for _, rows, *_ in whole.seen for row in rows)
+    assert sum(first_epoch.values()) > len(train)  # into the second pass
+    assert set(first_epoch) == {tuple(ids) for ids in train["input_ids"]}
+    history = [entry for entry in whole.state.log_history if "loss" in entry]
+    assert "epoch" not in history[0]  # unknown in the first pass: no fraction of max_steps passed off as an epoch
+    assert 1 < history[-1]["epoch"] < 2 and history[-1]["pairs_trained"] == sum(len(rows) for _, rows, *_ in whole.seen)
+    assert stats.kept >= len(train) and stats.dropped_empty == 0
+
+    assert (tmp_path / "whole" / "out" / "checkpoint-7" / "stream_position_0.json").is_file()
+    resumed = make_trainer(tmp_path / "whole", tokenizer, stream, **options)  # the same output folder
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "out" / "checkpoint-7"))
+    assert [step for step, *_ in resumed.seen] == list(range(7, 20))
+    assert [rows for _, rows, *_ in resumed.seen] == [rows for _, rows, *_ in whole.seen[7:]]
+
+
+def test_asking_for_fsdp_where_accelerate_cannot_shard_says_so_in_one_line(
+    tmp_path, tokenizer, builtin_pairs, monkeypatch, caplog
+):
+    # On CPUs accelerate turns `accelerate launch --use_fsdp` (this variable) into plain data parallelism, silently.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level(logging.WARNING, logger="hf_vanilla_transformer.training"):
+        make_trainer(tmp_path, tokenizer, builtin_pairs["train"])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_vanilla_transformer.training"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("FSDP was asked for, but accelerate set up NO for 1 process(es): nothing is sharded")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    caplog.clear()
+    make_trainer(tmp_path, tokenizer, builtin_pairs["train"])
+    assert not [r for r in caplog.records if r.name == "hf_vanilla_transformer.training"]
+
+
+def test_token_budget_batches_read_the_length_columns_as_arrays(tmp_path, tokenizer, builtin_pairs, monkeypatch):
+    train, _ = preprocess_dataset(builtin_pairs["train"], tokenizer, SOURCE_LANG, TARGET_LANG, 64, 64)
+    trainer = make_trainer(tmp_path, tokenizer, train, max_tokens_per_batch=200)
+    original = datasets.Dataset.__getitem__
+
+    def no_column_walks(self, key):
+        # dataset["source_length"] hands out a column to walk in Python, row by row: minutes at WMT size.
+        assert not isinstance(key, str), f"column {key!r} read row by row"
+        return original(self, key)
+
+    monkeypatch.setattr(datasets.Dataset, "__getitem__", no_column_walks)
+    assert len(trainer.get_train_dataloader()) > 1
 
 
 def test_a_trained_model_is_saved_with_its_cache_on(tmp_path, tokenizer, builtin_pairs):
