@@ -18,15 +18,15 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ._io import check_free, staged_folder
-from .configuration_vanilla_transformer import VanillaTransformerConfig
-from .modeling_vanilla_transformer import sinusoid_table
+
+if TYPE_CHECKING:
+    from .configuration_vanilla_transformer import VanillaTransformerConfig
 
 # CTranslate2's weight types (`ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES`), here so that the command's
-# --help and argument check work without the package.
+# --help and argument check work without the package (and without torch: this module imports it where it is used).
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 
 # Our activation names -> CTranslate2's `common_spec.Activation` members: every activation the config allows.
@@ -132,7 +132,10 @@ def ctranslate2_spec(model, tokenizer, max_positions: int | None = None):
     longer than the table. Learned positions are written as their table; max_positions must then be unset.
     """
     _ctranslate2()
+    import torch
     from ctranslate2.specs import common_spec, transformer_spec
+
+    from .modeling_vanilla_transformer import sinusoid_table
 
     config = model.config
     check_exportable(config)

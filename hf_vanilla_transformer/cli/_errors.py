@@ -75,9 +75,19 @@ class OneLineErrors:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def load_package() -> None:
+    """What a console script does once its arguments parse, and not before: import the package's classes and register
+    them with transformers. That costs seconds of torch and transformers, which --help and an argument error need not
+    wait for (the package defers it in a console script's process; see its docstring)."""
+    from hf_vanilla_transformer import register_with_transformers
+
+    register_with_transformers()
+
+
 class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
     """argparse for the console scripts: one-line errors, options anywhere among the positional arguments
-    (`parse_intermixed_args`), the description shown as written, and `--debug`."""
+    (`parse_intermixed_args`), the description shown as written, and `--debug`; the package loads once the arguments
+    parse (`load_package`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
@@ -85,7 +95,9 @@ class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
         self.add_argument("--debug", action="store_true", help="On an error, show its traceback too.")
 
     def parse_args(self, args=None, namespace=None):
-        return self.parse_intermixed_args(args, namespace)
+        parsed = self.parse_intermixed_args(args, namespace)
+        load_package()
+        return parsed
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

@@ -14,13 +14,13 @@ import logging
 import os
 import re
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from hf_vanilla_transformer._io import check_free, staged_folder
 from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("hf_vanilla_transformer.average")
 
@@ -37,6 +37,8 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     files = sorted(checkpoint.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{checkpoint} holds no .safetensors weights (was it written by an old version or torch.save?).")
@@ -48,6 +50,9 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 def average_state_dicts(checkpoints: list[Path]) -> dict[str, torch.Tensor]:
     """Element-wise mean of the checkpoints' floating-point tensors, accumulated in float64."""
+    import torch
+    from tqdm.auto import tqdm
+
     total: dict[str, torch.Tensor] | None = None
     for checkpoint in tqdm(checkpoints, desc="Averaging", unit="checkpoint"):
         state = _weights(checkpoint)

@@ -17,12 +17,11 @@ from pathlib import Path
 
 from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
 from hf_vanilla_transformer.cli.translate import add_generation_arguments, generation_kwargs, translate_checked
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, load_parallel_data
-from hf_vanilla_transformer.training import translation_scores
-from hf_vanilla_transformer.translation import load_translation_model
 
 
 def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, load_parallel_data
+
     if args.test_file or args.dataset_name:
         if not (args.source_lang and args.target_lang):
             raise ValueError("Give --source_lang and --target_lang with --test_file or --dataset_name.")
@@ -66,6 +65,9 @@ def run(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     kwargs = generation_kwargs(args)
+    from hf_vanilla_transformer.training import translation_scores
+    from hf_vanilla_transformer.translation import load_translation_model
+
     model, tokenizer = load_translation_model(args.model, device=args.device, quantize=args.quantize)
     sources, references = load_test_pairs(args)
     hypotheses = translate_checked(model, tokenizer, sources, batch_size=args.batch_size, progress=True, **kwargs)

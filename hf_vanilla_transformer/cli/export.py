@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hf_vanilla_transformer.checks import check_model_source
 from hf_vanilla_transformer.cli._errors import ArgumentParser, console_script
-from hf_vanilla_transformer.ctranslate2_export import QUANTIZATIONS, export_ctranslate2
+from hf_vanilla_transformer.ctranslate2_export import QUANTIZATIONS
 
 
 def run(argv: list[str] | None = None) -> Path:
@@ -35,6 +35,8 @@ def run(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     check_model_source(args.model)  # a mistyped folder fails now, not after Hub retries
+    from hf_vanilla_transformer.ctranslate2_export import export_ctranslate2
+
     output = export_ctranslate2(args.model, args.output_dir, quantization=args.quantization, max_positions=args.max_positions)
     print(f"CTranslate2 model written to {output}")
     return output

@@ -1,19 +1,11 @@
-r"""Train a vanilla Transformer from scratch (or fine-tune one) with `Seq2SeqTrainer`.
+"""hf-vanilla-train's run: data, tokenizer, model, `VanillaSeq2SeqTrainer`, the final model, its test scores and card.
 
-    hf-vanilla-train                                   # the built-in task, a few minutes on a laptop CPU
-    hf-vanilla-train --output_dir runs/x --recipe paper --dataset_name wmt14 --dataset_config_name de-en \
-        --source_lang en --target_lang de              # the paper's recipe (§5)
-    hf-vanilla-train my_run.yaml [--max_steps 10]      # arguments from a JSON or YAML file (options after it win)
-
-Arguments are this project's (model, data, recipe) plus transformers' `Seq2SeqTrainingArguments`, all of which
-work; --help shows the most used of those, --help_trainer every one. A recipe (`--recipe builtin|paper|paper_big`
-or a JSON/YAML file) sets defaults; arguments on the command line win. A mistake in the arguments or the data
-ends in one line, "error: ...", exit status 2; --log_level debug shows the traceback too.
+What the command takes (its options, the recipes) is `train_arguments.py`, which the console script reads first,
+without torch or transformers; `parse_args` here parses the same command line into transformers' dataclasses.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -22,8 +14,6 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 import torch
@@ -42,6 +32,17 @@ from hf_vanilla_transformer._io import publish_folder
 from hf_vanilla_transformer.checks import LONGEST_TRAINING_SOURCE, check_model_source, tokenizer_max_length
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove_previous_run, write_results
+from hf_vanilla_transformer.cli.train_arguments import (
+    DEFAULT_OUTPUT_DIR,
+    PROJECT_ARGUMENTS,
+    DataArguments,
+    ModelArguments,
+    RecipeArguments,
+    check_recipe_names,
+    read_command_line,
+    recipe_first,
+)
+from hf_vanilla_transformer.cli.train_arguments import __doc__ as COMMAND_HELP
 from hf_vanilla_transformer.data import (
     SOURCE_LANG,
     TARGET_LANG,
@@ -64,236 +65,26 @@ from hf_vanilla_transformer.translation import paper_generation_config, translat
 
 logger = logging.getLogger("hf_vanilla_transformer.train")
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # shipped as package data
-DEFAULT_OUTPUT_DIR = "outputs/vanilla-builtin"
-
-
-@dataclass
-class ModelArguments:
-    _argument_group_name = "model"
-
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Fine-tune this model folder or Hub id instead of training from scratch."}
-    )
-    preset: str = field(
-        default="base",
-        metadata={"help": "Row of the paper's Table 3 to start from: base, big, A1..A4, B1, B2, C1..C7, D1..D4, E."},
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "Config values on top of the preset, e.g. 'd_model=256,d_ff=1024,encoder_layers=3'."},
-    )
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer folder or Hub id; default: the model's, or train a new BPE one."}
-    )
-    tokenizer_vocab_size: int = field(
-        default=8000, metadata={"help": "Vocabulary size of a newly trained shared BPE tokenizer (paper: ~37000)."}
-    )
-    tokenizer_train_samples: int | None = field(
-        default=None, metadata={"help": "Train the tokenizer on at most this many pairs (default: all, or 100000 when streaming)."}
-    )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2, flex_attention."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
-
-
-@dataclass
-class DataArguments:
-    _argument_group_name = "data (default: the built-in task)"
-
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset, e.g. wmt14 (needs internet)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, e.g. de-en."})
-    train_file: str | None = field(
-        default=None, metadata={"help": "Local .jsonl/.csv/.tsv file, or 'train.en,train.de' aligned text files."}
-    )
-    validation_file: str | None = field(default=None, metadata={"help": "Like train_file, for evaluation during training."})
-    test_file: str | None = field(default=None, metadata={"help": "Like train_file, scored at the end of training."})
-    source_lang: str | None = field(default=None, metadata={"help": "Source language key or column, e.g. en."})
-    target_lang: str | None = field(default=None, metadata={"help": "Target language key or column, e.g. de."})
-    source_column: str | None = field(default=None, metadata={"help": "Flat source column if not named source_lang."})
-    target_column: str | None = field(default=None, metadata={"help": "Flat target column if not named target_lang."})
-    streaming: bool = field(default=False, metadata={"help": "Stream the training data (needs --max_steps)."})
-    max_source_length: int = field(default=256, metadata={"help": "Longer source sentences are dropped (and counted)."})
-    max_target_length: int = field(default=256, metadata={"help": "Longer target sentences are dropped (and counted)."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation pairs."})
-    max_test_samples: int | None = field(default=None, metadata={"help": "Use only this many test pairs."})
-    builtin_seed: int = field(default=0, metadata={"help": "Seed of the built-in task's data."})
-    builtin_train_size: int = field(default=20000, metadata={"help": "Training pairs of the built-in task."})
-
-
-@dataclass
-class RecipeArguments:
-    _argument_group_name = "recipe, decoding and re-runs"
-
-    recipe: str | None = field(
-        default=None,
-        metadata={
-            "help": "builtin, paper, paper_big, or a JSON/YAML file of arguments. Default: builtin without data "
-            "arguments, paper with them."
-        },
-    )
-    max_tokens_per_batch: int | None = field(
-        default=None,
-        metadata={
-            "help": "Pack training batches by length up to this many source (and target) tokens per device "
-            "(§5.1; the paper: 25000 per step over 8 GPUs). Unset: per_device_train_batch_size sentences."
-        },
-    )
-    paper_learning_rate: bool = field(
-        default=False,
-        metadata={"help": "Set learning_rate to d_model^-0.5 * warmup_steps^-0.5, the peak of the paper's schedule."},
-    )
-    num_beams: int = field(default=4, metadata={"help": "Beam size saved in generation_config (§6.1: 4)."})
-    length_penalty: float = field(default=0.6, metadata={"help": "Length penalty alpha saved in generation_config (§6.1: 0.6)."})
-    max_new_tokens_beyond_source: int = field(
-        default=50, metadata={"help": "Maximum output length = input length + this (§6.1: 50)."}
-    )
-    num_samples_to_show: int = field(default=5, metadata={"help": "Test sentences printed with their translations."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Train from scratch into an output folder that holds a run or a model, replacing it. Without it, "
-            "a run of the same model with steps left (or asked for more) is resumed and anything else refused."
-        },
-    )
-
-
-def _recipe_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPES_DIR / f"{name_or_path}.json"
-        if not path.exists():
-            known = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
-            raise ValueError(f"Unknown recipe {name_or_path!r}; choose one of {known} or give a .json/.yaml file.")
-    if not path.exists():
-        raise FileNotFoundError(f"Recipe file {path} does not exist.")
-    return path
-
-
-def read_recipe_file(name_or_path: str) -> dict:
-    """The values written in one recipe (a shipped name or a JSON/YAML file), without its base."""
-    path = _recipe_path(name_or_path)
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as err:
-            raise ImportError("Reading YAML needs PyYAML: pip install 'hf-vanilla-transformer[train]'.") from err
-        values = yaml.safe_load(text)
-    else:
-        values = json.loads(text)
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}.")
-    return values
-
-
-def load_recipe(name_or_path: str, _named_by: tuple[str, ...] = (), default_base: str | None = None) -> dict:
-    """A recipe's values on top of those of the recipe it names under "recipe" (paper_big builds on paper),
-    or on `default_base` when it names none."""
-    values = read_recipe_file(name_or_path)
-    base = values.pop("recipe", None) or default_base
-    if base:
-        chain = (*_named_by, name_or_path)
-        if base in chain:
-            raise ValueError(f"Recipes name each other in a loop: {' -> '.join((*chain, base))}.")
-        values = {**load_recipe(base, chain), **values}
-    return values
-
-
-# The Trainer's options --help shows; --help_trainer shows all of them (some 150).
-TRAINER_OPTIONS_SHOWN = (
-    "output_dir", "num_train_epochs", "max_steps", "learning_rate", "warmup_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "eval_strategy", "save_strategy", "save_steps", "seed", "bf16", "fp16",
-    "resume_from_checkpoint", "push_to_hub", "hub_model_id", "log_level", "report_to",
-)  # fmt: skip
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The description as written, and each option's default."""
-
-
-class _Help(argparse.Action):
-    def __init__(self, option_strings, dest, full: bool = False, help: str | None = None):
-        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
-        self.full = full
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.full_help = self.full
-        parser.print_help()
-        parser.exit()
-
-
 class TrainArgumentParser(OneLineErrors, HfArgumentParser):
-    """hf-vanilla-train's arguments: this project's three groups first, then the Trainer's. --help shows the Trainer's
-    most used options (`TRAINER_OPTIONS_SHOWN`) and --help_trainer all of them; errors are one line."""
-
-    full_help = False
+    """hf-vanilla-train's arguments into this project's three dataclasses and the Trainer's; errors are one line
+    (its --help and --help_trainer are `train_arguments.CommandLine`'s)."""
 
     def __init__(self):
         super().__init__(
-            (ModelArguments, DataArguments, RecipeArguments, Seq2SeqTrainingArguments),
+            (*PROJECT_ARGUMENTS, Seq2SeqTrainingArguments),
             prog="hf-vanilla-train",
             usage="%(prog)s [RECIPE.json|RECIPE.yaml] [--option VALUE ...]",
-            description=__doc__,
-            formatter_class=_HelpFormatter,
-            add_help=False,
+            description=COMMAND_HELP,
         )
-        trainer_group = self._optionals  # where HfArgumentParser put the Trainer's options, which have no group
-        self._action_groups.remove(trainer_group)
-        self._action_groups.append(trainer_group)
-        self._trainer_names = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
-        self._trainer_group = trainer_group
-        help_group = self.add_argument_group("help")
-        self._action_groups.insert(1, self._action_groups.pop())  # first, after the (empty) positionals
-        help_group.add_argument("-h", "--help", action=_Help, help="Show this project's options and the most used "
-                                "of the Trainer's, then exit.")  # fmt: skip
-        help_group.add_argument("--help_trainer", action=_Help, full=True, help="Show every option, then exit.")
-
-    def format_help(self) -> str:
-        if self.full_help:
-            self._trainer_group.title = "transformers' Seq2SeqTrainingArguments"
-            return super().format_help()
-        count = len(self._trainer_names)
-        self._trainer_group.title = (
-            f"transformers' Seq2SeqTrainingArguments: the most used of its {count}; every one works "
-            "(hf-vanilla-train --help_trainer lists them)"
-        )
-        hidden = [
-            action
-            for action in self._trainer_group._group_actions
-            if action.dest in self._trainer_names and action.dest not in TRAINER_OPTIONS_SHOWN
-        ]
-        helps = [action.help for action in hidden]
-        for action in hidden:
-            action.help = argparse.SUPPRESS
-        try:
-            return super().format_help()
-        finally:
-            for action, text in zip(hidden, helps):
-                action.help = text
 
 
 def parse_args(argv: list[str] | None = None):
-    """Recipe values become defaults; command-line arguments override them."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Recipe values become defaults; command-line arguments override them. A mistake is said before torch and
+    transformers are imported (`train_arguments.read_command_line`)."""
+    argv = recipe_first(list(sys.argv[1:] if argv is None else argv))
+    probe, recipe_name, recipe = read_command_line(argv)
     parser = TrainArgumentParser()
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        argv = ["--recipe", *argv]
-    probe, _ = parser.parse_known_args(argv)
-    data_given = any(getattr(probe, k, None) for k in ("dataset_name", "train_file"))
-    recipe_name = probe.recipe or ("paper" if data_given else "builtin")
-    default_base = None
-    if Path(recipe_name).suffix:
-        # A user's file that names no base builds on the default one, so it only needs what it changes.
-        in_file = read_recipe_file(recipe_name)
-        data_given = data_given or any(in_file.get(k) for k in ("dataset_name", "train_file"))
-        default_base = "paper" if data_given else "builtin"
-    recipe = load_recipe(recipe_name, default_base=default_base)
-    known = {a.dest for a in parser._actions}
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise ValueError(f"Recipe {recipe_name!r} sets unknown arguments {unknown}; see hf-vanilla-train --help.")
+    check_recipe_names(recipe_name, recipe, {a.dest for a in parser._actions})
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
         # accelerate sets up processes on CPUs (gloo, MULTI_CPU) only with use_cpu; without it, `torchrun
         # --nproc_per_node N` would start N separate trainings, each on all the data, writing the same files.

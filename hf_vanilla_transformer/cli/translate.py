@@ -25,7 +25,6 @@ from pathlib import Path
 
 from hf_vanilla_transformer.checks import OutputLimitWatch, check_device, check_sentences, warn_cut
 from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script, in_range
-from hf_vanilla_transformer.translation import load_translation_model, translate
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +67,8 @@ def translate_checked(model, tokenizer, sentences: list[str], **kwargs) -> list:
     """`translate()`, saying what the translations alone would not: empty sentences are not translated (an empty
     translation, with a warning), a sentence longer than a model with learned positions serves is refused
     (ValueError), and a translation that stopped at the output length limit is named in a warning."""
+    from hf_vanilla_transformer.translation import translate
+
     keep = check_sentences(model, tokenizer, sentences, max_new_tokens=kwargs.get("max_new_tokens"))
     with OutputLimitWatch(model) as watch:
         done = translate(model, tokenizer, [sentences[i] for i in keep], **kwargs) if keep else []
@@ -108,6 +109,8 @@ def run(argv: list[str] | None = None) -> list[str]:
         from transformers import set_seed
 
         set_seed(args.seed)
+    from hf_vanilla_transformer.translation import load_translation_model
+
     model, tokenizer = load_translation_model(args.model, device=args.device, quantize=args.quantize)
     sentences = read_sentences(args)
     if not sentences:

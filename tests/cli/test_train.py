@@ -19,13 +19,13 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerState
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.cli.train import (
     command_line_names,
-    load_recipe,
     main,
     parse_args,
     resolve_label_smoothing,
     resolve_schedule,
     run,
 )
+from hf_vanilla_transformer.cli.train_arguments import load_recipe
 from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import last_complete_checkpoint

@@ -40,7 +40,7 @@ def test_translate_decodes_with_the_saved_generation_config_unless_told_otherwis
         calls.append(kwargs)
         return translate(*args, **kwargs)
 
-    monkeypatch.setattr(translate_cli, "translate", recording_translate)
+    monkeypatch.setattr("hf_vanilla_transformer.translation.translate", recording_translate)  # what the command calls
     default = translate_cli.run([str(run_dir), *SENTENCES])
     greedy = translate_cli.run([str(run_dir), *SENTENCES, "--num_beams", "1"])
     assert "num_beams" not in calls[0]  # the model's generation_config decides: beam 4, length penalty 0.6
