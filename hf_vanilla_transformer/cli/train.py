@@ -50,6 +50,8 @@ from hf_vanilla_transformer.data import (
     load_parallel_data,
     longest_source,
     preprocess_dataset,
+    stream_share,
+    tokenizer_training_texts,
 )
 from hf_vanilla_transformer.model_card import write_run_card
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
@@ -165,19 +167,42 @@ def named_tokenizer(model_args: ModelArguments):
     return AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir) if name else None
 
 
-def build_tokenizer(model_args: ModelArguments, train_split, source_lang: str, target_lang: str, streaming: bool):
+# Pairs the BPE is trained on unless --tokenizer_train_samples says: two million sentences drawn from a loaded split
+# are what its merges need (WMT14 en-de has 4.5M pairs); a stream gives its first pairs, read before training starts.
+TOKENIZER_SAMPLE, STREAM_TOKENIZER_SAMPLE = 1_000_000, 100_000
+
+
+def build_tokenizer(
+    model_args: ModelArguments, train_split, source_lang: str, target_lang: str, streaming: bool, seed: int = 0
+):
     if model_args.tokenizer_name or model_args.model_name_or_path:
         return named_tokenizer(model_args)
-    limit = model_args.tokenizer_train_samples or (100_000 if streaming else None)
-    pairs = _limit(train_split, limit)
+    limit = model_args.tokenizer_train_samples or (STREAM_TOKENIZER_SAMPLE if streaming else TOKENIZER_SAMPLE)
+    logger.info(
+        "Training a shared BPE tokenizer (vocabulary %d) on %s %s pairs of the training data.",
+        model_args.tokenizer_vocab_size, "the first" if streaming else "at most", f"{limit:,}",
+    )  # fmt: skip
+    texts = tokenizer_training_texts(train_split, source_lang, target_lang, max_pairs=limit, seed=seed)
+    return train_bpe_tokenizer(texts, vocab_size=model_args.tokenizer_vocab_size)
 
-    def texts():
-        for example in pairs:
-            yield example["translation"][source_lang]
-            yield example["translation"][target_lang]
 
-    logger.info("Training a shared BPE tokenizer (vocabulary %d) on the training data.", model_args.tokenizer_vocab_size)
-    return train_bpe_tokenizer(texts(), vocab_size=model_args.tokenizer_vocab_size)
+def built_once(training_args, build):
+    """`build()` in the main process alone; the other processes get what it built (or the error it raised) through
+    torch.distributed, on this machine or another, without a shared folder."""
+    if training_args.world_size == 1:
+        return build()
+    from accelerate.utils import broadcast_object_list
+
+    built = [None]
+    if training_args.process_index == 0:
+        try:
+            built[0] = build()
+        except Exception as error:  # the others would wait for the broadcast for ever
+            built[0] = error
+    broadcast_object_list(built, from_process=0)
+    if isinstance(built[0], Exception):
+        raise built[0]
+    return built[0]
 
 
 def build_model(model_args: ModelArguments, training_args, tokenizer):
@@ -356,10 +381,18 @@ def run(argv: list[str] | None = None) -> dict:
     raw, source_lang, target_lang = load_data(data_args, model_args.cache_dir)
     if "train" not in raw and training_args.do_train:
         raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
-    with training_args.main_process_first(desc="tokenizer"):
-        tokenizer = plan.tokenizer  # a resumed run's own
-        if tokenizer is None:
-            tokenizer = build_tokenizer(model_args, raw["train"], source_lang, target_lang, data_args.streaming)
+    tokenizer = plan.tokenizer  # a resumed run's own
+    if tokenizer is None and (model_args.tokenizer_name or model_args.model_name_or_path):
+        tokenizer = named_tokenizer(model_args)
+    elif tokenizer is None:
+        # Trained once, by the main process: the others get the same tokenizer, so the datasets cache they look up
+        # (keyed by it) is the one the main process wrote.
+        tokenizer = built_once(
+            training_args,
+            lambda: build_tokenizer(
+                model_args, raw["train"], source_lang, target_lang, data_args.streaming, training_args.seed
+            ),
+        )
     model = build_model(model_args, training_args, tokenizer)
     tokenizer.model_max_length = tokenizer_max_length(model.config)  # saved with it: no limit for sinusoids
     resolve_label_smoothing(model_args, training_args, command_line_names(argv))
@@ -377,7 +410,11 @@ def run(argv: list[str] | None = None) -> dict:
 
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
     raw = type(raw)({k: _limit(v, limits.get(k)) for k, v in raw.items()})  # a DatasetDict or IterableDatasetDict
-    with training_args.main_process_first(desc="preprocessing"):
+    if data_args.streaming and "train" in raw:  # each process reads, tokenizes and trains on its own share
+        raw["train"] = stream_share(raw["train"], training_args.process_index, training_args.world_size)
+    # The main process tokenizes first and the others find its work in the datasets cache: the main process of all
+    # when the machines share a file system, of each machine when they do not (--save_on_each_node says so).
+    with training_args.main_process_first(desc="preprocessing", local=training_args.save_on_each_node):
         processed, stats = preprocess_dataset(
             raw,
             tokenizer,
@@ -387,7 +424,8 @@ def run(argv: list[str] | None = None) -> dict:
             max_target_length=data_args.max_target_length,
             num_proc=data_args.preprocessing_num_workers,
         )
-    logger.info("Data after filtering: %s", stats)
+    if not data_args.streaming:
+        logger.info("Data after filtering: %s", stats)
     if training_args.do_train and not data_args.streaming and len(processed["train"]) == 0:
         raise ValueError("No training pairs are left after filtering; see the counts above (raise --max_source_length?).")
     recorded = getattr(model.generation_config, LONGEST_TRAINING_SOURCE, None)
@@ -396,15 +434,6 @@ def run(argv: list[str] | None = None) -> dict:
         # pretrained model without a record saw sources of unknown length and keeps none.
         longest = data_args.max_source_length if data_args.streaming else longest_source(processed["train"])
         setattr(model.generation_config, LONGEST_TRAINING_SOURCE, max(longest, recorded or 0))
-
-    max_tokens_per_batch = recipe_args.max_tokens_per_batch
-    if data_args.streaming and max_tokens_per_batch is not None:
-        logger.warning(
-            "Token-budget batches need every pair's length up front, which a stream does not give: training on "
-            "batches of %d sentences per device (--per_device_train_batch_size) instead.",
-            training_args.per_device_train_batch_size,
-        )
-        max_tokens_per_batch = None
 
     eval_split = processed.get("validation")
     if eval_split is None and training_args.eval_strategy != "no":
@@ -418,7 +447,9 @@ def run(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=make_compute_metrics(tokenizer),
-        max_tokens_per_batch=max_tokens_per_batch,
+        max_tokens_per_batch=recipe_args.max_tokens_per_batch,
+        shuffle_buffer_size=data_args.shuffle_buffer_size,
+        stream_filter_stats=stats.get("train") if data_args.streaming else None,
     )
 
     results = {}

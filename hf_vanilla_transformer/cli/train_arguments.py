@@ -57,7 +57,11 @@ class ModelArguments:
         default=8000, metadata={"help": "Vocabulary size of a newly trained shared BPE tokenizer (paper: ~37000)."}
     )
     tokenizer_train_samples: int | None = field(
-        default=None, metadata={"help": "Train the tokenizer on at most this many pairs (default: all, or 100000 when streaming)."}
+        default=None,
+        metadata={
+            "help": "Train a new tokenizer on a random sample of this many pairs (default 1000000), or on the "
+            "first pairs of a stream (default 100000)."
+        },
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2, flex_attention."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
@@ -79,9 +83,15 @@ class DataArguments:
     source_column: str | None = field(default=None, metadata={"help": "Flat source column if not named source_lang."})
     target_column: str | None = field(default=None, metadata={"help": "Flat target column if not named target_lang."})
     streaming: bool = field(default=False, metadata={"help": "Stream the training data (needs --max_steps)."})
+    shuffle_buffer_size: int = field(
+        default=20000,
+        metadata={"help": "Streaming: pairs read, shuffled and packed into token-budget batches together."},
+    )
     max_source_length: int = field(default=256, metadata={"help": "Longer source sentences are dropped (and counted)."})
     max_target_length: int = field(default=256, metadata={"help": "Longer target sentences are dropped (and counted)."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes that tokenize (default: a core each, for 50000 pairs or more)."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation pairs."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only this many test pairs."})

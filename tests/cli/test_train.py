@@ -215,15 +215,42 @@ def test_streaming_a_local_jsonl(pairs, caplog):
             "--test_file", str(test_file),
             "--streaming",
             "--per_device_train_batch_size", "8",
+            "--max_tokens_per_batch", "600",
+            "--shuffle_buffer_size", "50",
+            "--logging_steps", "1",
             "--output_dir", str(output_dir),
             *LOCAL,
         ]
     )  # fmt: skip
-    # The paper recipe asks for token-budget batches, which need every length up front: a stream falls back.
-    assert "Token-budget batches need every pair's length up front" in caplog.text
-    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+    # The paper recipe's token-budget batches, packed a window of the stream at a time, not 8 sentences a batch.
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    trained = [entry["pairs_trained"] for entry in state["log_history"] if "loss" in entry]
+    assert len(trained) == 3 and 24 < trained[2] <= 80 and trained[0] != 8
+    assert "Token-budget" not in caplog.text
     assert results["test_samples"] == 4  # the streamed test split is scored, limited like a loaded one
     AutoModelForSeq2SeqLM.from_pretrained(output_dir)
+
+
+def test_the_tokenizer_trains_on_a_random_sample_of_the_training_data(pairs, monkeypatch):
+    import hf_vanilla_transformer.cli.train as train_module
+
+    folder, records = pairs
+    train_file = write_jsonl(folder / "sample-train.jsonl", records["train"])
+    texts = []
+    original = train_module.train_bpe_tokenizer
+
+    def recording(sentences, **kwargs):
+        texts.extend(sentences)
+        return original(texts, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_bpe_tokenizer", recording)
+    monkeypatch.setattr(train_module, "TOKENIZER_SAMPLE", 50)  # the default sample, made small
+    run(["--train_file", str(train_file), "--output_dir", str(folder / "sampled"), *LOCAL])
+    sources = [record["en"] for record in records["train"]]
+    chosen = [text for text in texts if text in set(sources)]
+    assert len(texts) == 100 and len(chosen) == 50  # both sides of 50 of the 80 pairs
+    assert chosen != sources[:50]  # drawn from all of them, not the first
 
 
 # ---------------------------------------------------------------------------------------------
