@@ -3,6 +3,7 @@ something for every model and writes it down."""
 
 import importlib.util
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,65 @@ def test_quality_table_averages_the_seeds_of_each_pair_and_model(tmp_path):
     assert per_seed.count("| 99.00 |") == 2
     with pytest.raises(SystemExit, match="No result files for 200 steps"):
         quality_table.main(["--results_dir", str(tmp_path), "--steps", "200"])
+
+
+def write_mo(path: Path, messages: dict[str, str]) -> None:
+    """A GNU gettext catalogue: a header of 32-bit words, two tables of (length, offset), then the strings."""
+    items = sorted(messages.items())
+    start = 28 + 16 * len(items)
+    tables, blob = [[], []], b""
+    for side in (0, 1):
+        for item in items:
+            text = item[side].encode()
+            tables[side].append(struct.pack("<2I", len(text), start + len(blob)))
+            blob += text + b"\0"
+    header = struct.pack("<7I", 0x950412DE, 0, len(items), 28, 28 + 8 * len(items), 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + b"".join(tables[0]) + b"".join(tables[1]) + blob)
+
+
+@pytest.fixture
+def catalogues(tmp_path):
+    messages = {
+        "": "Content-Type: text/plain; charset=UTF-8\n",  # the header, not a message
+        "Open the file": "Abrir el archivo",
+        "Save the file": "Guardar el archivo",
+        "Close the window": "Cerrar la ventana",
+        "Quit": "Salir",  # one word: left out
+        "Same text": "Same text",  # untranslated: left out
+        "one file\x00%d files": "un archivo\x00%d archivos",  # plural forms: left out
+    }
+    write_mo(tmp_path / "locale" / "xx" / "LC_MESSAGES" / "app.mo", messages)
+    write_mo(tmp_path / "locale" / "xx" / "LC_MESSAGES" / "other.mo", {"Print the page": "Imprimir la página"})
+    return tmp_path / "locale"
+
+
+def test_a_corpus_of_any_size_from_the_catalogues_has_no_line_twice(catalogues):
+    from build_corpus import catalogue_pairs, corpus
+
+    pairs = catalogue_pairs("xx", catalogues)
+    assert pairs == sorted(
+        [("Close the window", "Cerrar la ventana"), ("Open the file", "Abrir el archivo"),
+         ("Print the page", "Imprimir la página"), ("Save the file", "Guardar el archivo")]
+    )  # fmt: skip
+    lines = list(corpus(pairs, 10, seed=1))
+    assert len(lines) == len(set(lines)) == 10
+    assert sorted(lines[:4]) == pairs  # the real pairs first, then numbered rounds
+    assert all(english.endswith(" (2)") and foreign.endswith(" (2)") for english, foreign in lines[4:8])
+
+
+def test_the_scale_benchmark_times_every_stage_of_both_modes(tmp_path, catalogues):
+    output = tmp_path / "scale.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_scale.py"), "--pairs", "300", "--lang", "xx",
+         "--locale_root", str(catalogues), "--work_dir", str(tmp_path / "work"), "--output", str(output),
+         "--", "--tokenizer_vocab_size", "100"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = json.loads(output.read_text())["runs"]
+    assert [(run["pairs"], run["mode"]) for run in runs] == [(300, "normal"), (300, "streaming")]
+    for run in runs:
+        assert set(run["seconds"]) == {"start", "load", "tokenizer", "preprocess", "trainer", "batch"}
+        assert run["to_step_1"] > 0 and run["max_rss_mb"] > 0 and run["first_batch"]["pairs"] > 0
+    assert "| 300 | streaming |" in done.stdout
