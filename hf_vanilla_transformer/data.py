@@ -881,10 +881,8 @@ def _token_ids(tokenizer, sources: list[str], targets: list[str]) -> tuple[list[
     return encoded["input_ids"], encoded["labels"]
 
 
-def _encode_table(
-    table: pa.Table, tokenizer, source_lang: str, target_lang: str, max_source_length: int, max_target_length: int
-) -> pa.Table:
-    """One batch of a loaded split (arrow) as model inputs, without the pairs that have an empty side or do not fit."""
+def _encode_table(table: pa.Table, tokenizer, source_lang: str, target_lang: str) -> pa.Table:
+    """One batch of a loaded split (arrow) as model inputs, without the pairs that have an empty side."""
     sources, targets = _side(table, source_lang), _side(table, target_lang)
     filled = pc.invert(pc.or_(_blank(sources), _blank(targets)))
     source_ids, target_ids = _token_ids(
@@ -893,7 +891,7 @@ def _encode_table(
     input_ids, labels = pa.array(source_ids, type=_IDS), pa.array(target_ids, type=_IDS)
     source_length, target_length = pc.list_value_length(input_ids), pc.list_value_length(labels)
     ones = pa.array(np.ones(len(input_ids.values), dtype=np.int8))
-    encoded = pa.table(
+    return pa.table(
         {
             "input_ids": input_ids,
             "attention_mask": pa.ListArray.from_arrays(input_ids.offsets, ones),
@@ -902,15 +900,6 @@ def _encode_table(
             "target_length": target_length,
         }
     )
-    fits = pc.and_(pc.less_equal(source_length, max_source_length), pc.less_equal(target_length, max_target_length))
-    return encoded.filter(fits)
-
-
-def _count_blank_pairs(dataset: Dataset, source_lang: str, target_lang: str) -> int:
-    blank = 0
-    for table in dataset.select_columns([TRANSLATION_COLUMN]).with_format("arrow").iter(batch_size=100_000):
-        blank += pc.sum(pc.or_(_blank(_side(table, source_lang)), _blank(_side(table, target_lang)))).as_py() or 0
-    return blank
 
 
 def _preprocess_stream(
@@ -959,7 +948,8 @@ def _preprocess_split(
         return _preprocess_stream(dataset, tokenizer, source_lang, target_lang, max_source_length, max_target_length)
     processes = preprocessing_processes(len(dataset), num_proc)
     with _tokenizers_in_workers(processes):
-        # One pass, read and written as arrow: tokenized, and the pairs that are empty or too long dropped on the way.
+        # One pass, read and written as arrow, that drops the empty pairs on the way; the cache it leaves serves any
+        # length limits.
         encoded = (
             dataset.select_columns([TRANSLATION_COLUMN])
             .with_format("arrow")
@@ -969,20 +959,18 @@ def _preprocess_split(
                 batch_size=_ENCODE_BATCH,
                 remove_columns=[TRANSLATION_COLUMN],
                 features=ENCODED_FEATURES,
-                fn_kwargs={
-                    "tokenizer": tokenizer,
-                    "source_lang": source_lang,
-                    "target_lang": target_lang,
-                    "max_source_length": max_source_length,
-                    "max_target_length": max_target_length,
-                },
+                fn_kwargs={"tokenizer": tokenizer, "source_lang": source_lang, "target_lang": target_lang},
                 num_proc=processes,
                 desc=f"{desc}: tokenizing" if desc else "tokenizing",
             )
         )
-    encoded = encoded.with_format(dataset.format["type"], **dataset.format["format_kwargs"])
-    blank = _count_blank_pairs(dataset, source_lang, target_lang)
-    stats = FilterStats(len(encoded), blank, len(dataset) - blank - len(encoded))
+    lengths = encoded.select_columns(["source_length", "target_length"]).with_format("arrow")[:]
+    fits = (lengths.column("source_length").to_numpy() <= max_source_length) & (
+        lengths.column("target_length").to_numpy() <= max_target_length
+    )
+    kept = encoded if fits.all() else encoded.select(np.flatnonzero(fits))
+    kept = kept.with_format(dataset.format["type"], **dataset.format["format_kwargs"])
+    stats = FilterStats(len(kept), len(dataset) - len(encoded), len(encoded) - len(kept))
     logger.info(
         "%s: kept %d pairs, dropped %d empty and %d longer than %d source / %d target tokens.",
         desc or "dataset",
@@ -992,7 +980,7 @@ def _preprocess_split(
         max_source_length,
         max_target_length,
     )
-    return encoded, stats
+    return kept, stats
 
 
 def longest_source(dataset: Dataset) -> int:
@@ -1045,14 +1033,18 @@ def tokenizer_training_texts(
     batch_size: int = 10_000,
 ) -> Iterator[str]:
     """Both sides of at most `max_pairs` pairs of a split, for `train_bpe_tokenizer`: pairs drawn at random from a
-    loaded split, or the first pairs of a stream (all a stream can give before training starts), read in arrow
-    batches either way. Empty texts are left out."""
+    loaded split, read in arrow batches, or the first pairs of a stream (all a stream can give before training
+    starts), in batches. Empty texts are left out."""
     if max_pairs is not None:
         _check_size("max_pairs", max_pairs, 1)
     _check_translation_column(split, "the tokenizer's training split", source_lang, target_lang)
     if isinstance(split, IterableDataset):
-        split = split.take(max_pairs) if max_pairs is not None else split
-    elif max_pairs is not None and len(split) > max_pairs:
+        # Python batches: a stream's checks run in Python, and arrow batches would be built again from them.
+        for batch in (split.take(max_pairs) if max_pairs is not None else split).iter(batch_size=batch_size):
+            for lang in (source_lang, target_lang):
+                yield from filter(None, (pair[lang] for pair in batch[TRANSLATION_COLUMN]))
+        return
+    if max_pairs is not None and len(split) > max_pairs:
         chosen = np.random.default_rng(seed).choice(len(split), size=max_pairs, replace=False)
         split = split.select(np.sort(chosen))  # in the order of the file: read, not sought
     for table in split.select_columns([TRANSLATION_COLUMN]).with_format("arrow").iter(batch_size=batch_size):

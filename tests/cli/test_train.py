@@ -232,6 +232,27 @@ def test_streaming_a_local_jsonl(pairs, caplog):
     AutoModelForSeq2SeqLM.from_pretrained(output_dir)
 
 
+def test_a_streamed_run_resumes_where_its_checkpoint_left_the_stream(pairs, caplog):
+    folder, records = pairs
+    train_file = write_jsonl(folder / "resume-stream.jsonl", records["train"])
+    arguments = [
+        "--train_file", str(train_file), "--streaming", "--max_tokens_per_batch", "300", "--shuffle_buffer_size", "30",
+        "--save_strategy", "steps", "--save_steps", "4", "--logging_steps", "1", *LOCAL, "--max_steps", "12",
+    ]  # fmt: skip
+    whole = folder / "stream-whole"
+    run([*arguments, "--output_dir", str(whole)])
+    assert (whole / "checkpoint-4" / "stream_position_0.json").is_file()
+    # A run that stopped after its checkpoint at step 4 (80 pairs in batches of about 20: inside the first pass).
+    resumed = folder / "stream-resumed"
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-4", resumed / "checkpoint-4")
+    caplog.set_level(logging.INFO, logger="hf_vanilla_transformer.training")
+    run([*arguments, "--output_dir", str(resumed)])
+    assert f"Resuming the stream where {resumed / 'checkpoint-4'} left it (epoch 0)" in caplog.text  # not re-read
+    assert_same_weights(weights(resumed), weights(whole))
+    assert logged_losses(resumed) == logged_losses(whole)
+
+
 def test_the_tokenizer_trains_on_a_random_sample_of_the_training_data(pairs, monkeypatch):
     import hf_vanilla_transformer.cli.train as train_module
 
