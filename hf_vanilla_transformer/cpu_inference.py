@@ -147,7 +147,8 @@ class FusedQKVAttention(VanillaTransformerAttention):
     def train(self, mode: bool = True) -> FusedQKVAttention:
         if mode:
             raise RuntimeError(
-                "This model has fused Q/K/V self-attention for inference and cannot train. Train the plain model: "
+                "This model has fused Q/K/V self-attention for inference and cannot train (model.eval() puts back "
+                "the modules this call reached). Train the plain model: "
                 "restore_plain_modules(model) undoes optimize_for_cpu_inference; an int8 model cannot be undone "
                 "(train the model quantize_int8 copied from)."
             )

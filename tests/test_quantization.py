@@ -9,13 +9,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM
 
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.cpu_inference import FusedQKVAttention
-from hf_vanilla_transformer.quantization import (
-    Int8Linear,
-    Int8VanillaTransformerForConditionalGeneration,
-    load_int8,
-    quantize_int8,
-)
+from hf_vanilla_transformer.quantization import Int8Linear, VanillaInt8Config, load_int8, quantize_int8
 
 
 def _linear_types(model):
@@ -48,7 +44,10 @@ def test_int8_linear_gives_torchs_dynamic_int8_layer_bit_for_bit(bias):
 
 
 @pytest.mark.parametrize("fuse_qkv", [True, False])
-def test_an_int8_model_saves_and_loads_to_the_same_numbers(tiny_model, tmp_path, fuse_qkv):
+@pytest.mark.parametrize("loader", ["AutoModelForSeq2SeqLM", "load_int8"])
+def test_an_int8_folder_loads_with_from_pretrained_to_the_same_numbers(tiny_model, tmp_path, fuse_qkv, loader):
+    # Through transformers' quantizer interface, as torchao and bitsandbytes folders load: the registered
+    # VanillaInt8Config gives the layout before the weights load, and the int8 weights load into it.
     quantized = quantize_int8(tiny_model(d_model=64, d_ff=128, num_heads=4, vocab_size=100), fuse_qkv=fuse_qkv)
     source = torch.randint(4, 100, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -57,24 +56,64 @@ def test_an_int8_model_saves_and_loads_to_the_same_numbers(tiny_model, tmp_path,
     quantized.save_pretrained(tmp_path)
     stored = load_file(tmp_path / "model.safetensors")
     assert stored["lm_head.weight"].dtype == torch.int8 and stored["lm_head.weight_scale"].shape == (100,)
-    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"]["quant_method"] == "vanilla_int8"
-    reloaded = load_int8(tmp_path)
-    assert type(reloaded) is Int8VanillaTransformerForConditionalGeneration and not reloaded.training
+    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"] == {
+        "quant_method": "vanilla_int8",
+        "fuse_qkv": fuse_qkv,
+    }
+    load = AutoModelForSeq2SeqLM.from_pretrained if loader == "AutoModelForSeq2SeqLM" else load_int8
+    reloaded = load(tmp_path)
+    assert type(reloaded) is VanillaTransformerForConditionalGeneration and not reloaded.training
+    assert reloaded.is_quantized and isinstance(reloaded.config.quantization_config, VanillaInt8Config)
     assert _linear_types(reloaded) == {Int8Linear}
+    assert repr(reloaded) == repr(quantized)  # the same modules
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=source, decoder_input_ids=source).logits, logits)  # bit for bit
         assert torch.equal(reloaded.generate(input_ids=source, max_new_tokens=6, num_beams=2), tokens)
     assert reloaded.generation_config.num_beams == quantized.generation_config.num_beams
+    assert reloaded.num_parameters() == quantized.num_parameters()
+    with pytest.raises(RuntimeError, match="cannot train"):
+        reloaded.train()
 
 
-def test_an_int8_folder_refuses_from_pretrained_and_a_plain_folder_refuses_load_int8(tiny_model, tmp_path):
+def test_a_reloaded_int8_model_saves_the_same_folder_and_a_float_folder_quantises_as_it_loads(tiny_model, tmp_path):
+    model = tiny_model(d_model=32, d_ff=64, num_heads=4)
+    quantized = quantize_int8(model)
+    quantized.save_pretrained(tmp_path / "int8")
+    AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8").save_pretrained(tmp_path / "again")
+    first, second = (load_file(tmp_path / name / "model.safetensors") for name in ("int8", "again"))
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    # transformers' quantize-on-load route: from_pretrained(float folder, quantization_config=...)
+    model.save_pretrained(tmp_path / "fp32")
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32", quantization_config=VanillaInt8Config())
+    source = torch.randint(4, 40, (2, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = quantized(input_ids=source, decoder_input_ids=source).logits
+        assert torch.equal(loaded(input_ids=source, decoder_input_ids=source).logits, expected)
+
+
+def test_an_int8_folder_loads_on_the_cpu_only_and_a_plain_folder_refuses_load_int8(tiny_model, tmp_path):
     model = tiny_model(d_model=32, d_ff=64, num_heads=4)
     quantize_int8(model).save_pretrained(tmp_path / "int8")
-    with pytest.raises(ValueError, match=r"load it with hf_vanilla_transformer.quantization.load_int8"):
-        AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+    for device_map in ("cuda", {"": "disk"}):
+        with pytest.raises(ValueError, match="decodes on the CPU only"):
+            AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8", device_map=device_map)
+    on_the_cpu = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8", device_map={"": "cpu"})
+    assert _linear_types(on_the_cpu) == {Int8Linear}
     model.save_pretrained(tmp_path / "fp32")
     with pytest.raises(ValueError, match="holds no int8 model saved by quantize_int8"):
         load_int8(tmp_path / "fp32")
+
+
+def test_an_int8_layer_holds_ordinary_tensors_and_packs_them_again_when_loaded():
+    layer = quantize_int8(torch.nn.Sequential(torch.nn.Linear(48, 40)).eval())[0]
+    assert {name: p.dtype for name, p in layer.named_parameters()} == {"weight": torch.int8, "bias": torch.float32}
+    assert dict(layer.named_buffers())["weight_scale"].dtype == torch.float64
+    fresh = Int8Linear(48, 40)
+    fresh.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 48)
+    assert torch.equal(fresh(x), layer(x))
+    with pytest.raises(RuntimeError, match="call pack"):
+        Int8Linear(48, 40, device="meta")(x)
 
 
 def test_an_int8_model_reports_its_int8_weights_and_refuses_training(tiny_model):
@@ -83,8 +122,9 @@ def test_an_int8_model_reports_its_int8_weights_and_refuses_training(tiny_model)
     # Every value the fp32 model holds, plus the output layer's own copy of the (tied) embedding.
     assert quantized.num_parameters() == model.num_parameters() + 100 * 64
     int8_layers = [m for m in quantized.modules() if isinstance(m, Int8Linear)]
-    int8_bytes = sum(m.out_features * (m.in_features + 8 + 4 * m.has_bias) for m in int8_layers)
-    float_bytes = sum(p.numel() * 4 for p in quantized.parameters())
+    int8_bytes = sum(m.out_features * (m.in_features + 8 + 4 * (m.bias is not None)) for m in int8_layers)
+    in_int8 = {id(t) for m in int8_layers for t in (*m.parameters(), *m.buffers())}
+    float_bytes = sum(p.numel() * 4 for p in quantized.parameters() if id(p) not in in_int8)
     assert quantized.get_memory_footprint() == float_bytes + int8_bytes < model.get_memory_footprint() / 2
     with pytest.raises(RuntimeError, match="cannot train"):
         quantized.train()
@@ -172,7 +212,23 @@ def test_translation_loading_takes_an_int8_folder_as_the_int8_model(tiny_model, 
     quantized.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     model, _ = load_translation_model(str(tmp_path))
-    assert type(model) is Int8VanillaTransformerForConditionalGeneration
+    assert model.is_quantized and _linear_types(model) == {Int8Linear}
     assert translate(model, tokenizer, ["a b c"], num_beams=1, max_new_tokens=3) == translate(
         quantized, tokenizer, ["a b c"], num_beams=1, max_new_tokens=3
     )
+
+
+def test_the_pipeline_takes_an_int8_folder(tiny_model, tmp_path):
+    from hf_vanilla_transformer import pipeline
+    from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
+    from hf_vanilla_transformer.translation import translate
+
+    tokenizer = train_bpe_tokenizer(["a b c d", "e f g h"] * 5, vocab_size=40, min_frequency=1)
+    quantized = quantize_int8(tiny_model(vocab_size=len(tokenizer)))
+    quantized.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    translator = pipeline("translation", model=str(tmp_path))
+    assert _linear_types(translator.model) == {Int8Linear}
+    expected = translate(quantized, tokenizer, ["a b c", "e f"], num_beams=1, max_new_tokens=3)
+    got = translator(["a b c", "e f"], num_beams=1, max_new_tokens=3)
+    assert [item["translation_text"] for item in got] == expected
