@@ -192,6 +192,8 @@ def main() -> None:
         for mode in args.modes:
             result = measure(corpus, args.lang, mode == "streaming", args.extra, args.work_dir)
             kept = {key: value for key, value in result.items() if key != "log_tail"}
+            # What else ran: on a busy machine the wall times are upper bounds, the CPU seconds still hold.
+            kept["load_average_after"] = [round(load, 2) for load in os.getloadavg()]
             results["runs"].append({"pairs": pairs, "mode": mode, **kept})
             wall, cpu = result["seconds"], result["cpu_seconds"]
             stages = [f"{wall[name]:.1f} s ({cpu[name]:.0f})" if name in wall else "–" for name, _ in STAGES]
