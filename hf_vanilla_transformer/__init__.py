@@ -63,7 +63,7 @@ def register_with_transformers() -> None:
     from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from . import quantization  # noqa: F401  (registers the int8 folders' quantization config)
+    from . import quantization
     from .configuration_vanilla_transformer import VanillaTransformerConfig
     from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
     from .pipeline_vanilla_transformer import PIPELINES
@@ -74,6 +74,7 @@ def register_with_transformers() -> None:
     VanillaTransformerConfig.register_for_auto_class()
     VanillaTransformerModel.register_for_auto_class("AutoModel")
     VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+    quantization.register_int8()  # the int8 folders' quantization config and quantizer
     for task, pipeline_class in PIPELINES.items():
         PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=AutoModelForSeq2SeqLM, type="text")
     _registered = True

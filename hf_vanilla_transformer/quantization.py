@@ -202,14 +202,19 @@ class VanillaInt8Quantizer(HfQuantizer):
         return False
 
 
-# transformers' register_* refuse a name twice: an older copy of this package that a benchmark imported beside this
-# one (its baseline) may have registered its own classes under this name.
-for _mapping, _register, _class in (
-    (AUTO_QUANTIZATION_CONFIG_MAPPING, register_quantization_config, VanillaInt8Config),
-    (AUTO_QUANTIZER_MAPPING, register_quantizer, VanillaInt8Quantizer),
-):
-    _mapping.pop(QUANT_METHOD, None)
-    _register(QUANT_METHOD)(_class)
+def register_int8() -> None:
+    """Point transformers' quantization registry at this module's int8 config and quantizer (done at import; again
+    from `register_with_transformers`, since an older copy of this package that a benchmark imported beside this one
+    may have registered its own classes under this name). transformers' register_* refuse a name twice."""
+    for mapping, register, registered in (
+        (AUTO_QUANTIZATION_CONFIG_MAPPING, register_quantization_config, VanillaInt8Config),
+        (AUTO_QUANTIZER_MAPPING, register_quantizer, VanillaInt8Quantizer),
+    ):
+        mapping.pop(QUANT_METHOD, None)
+        register(QUANT_METHOD)(registered)
+
+
+register_int8()
 
 
 def quantize_int8(model: nn.Module, inplace: bool = False, fuse_qkv: bool = True) -> nn.Module:
