@@ -2,6 +2,7 @@
 
     python benchmarks/bench_decoding_ab.py --baseline a9ffa01 --rounds 10
     python benchmarks/bench_decoding_ab.py --quick          # small sizes, to check the script
+    python benchmarks/bench_decoding_ab.py --baseline 362b2a6 --rounds 10 --cpu_time   # on a machine others share
 
 Builds the base model (d_model 512, 6+6 layers, vocabulary 8000) in both packages with the same weights, makes
 this checkout's `optimize_for_cpu_inference` and `quantize_int8` versions and the baseline's own float32 (through
@@ -17,6 +18,7 @@ import argparse
 import copy
 import importlib
 import statistics
+import time
 
 import torch
 
@@ -28,6 +30,12 @@ def main() -> dict:
     parser.add_argument("--baseline", default="a9ffa01", metavar="REF", help="git commit to compare against")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few tokens")
+    parser.add_argument(
+        "--cpu_time",
+        action="store_true",
+        help="time in this process's CPU time on one thread, so that time a busy machine gives other processes "
+        "does not count (tokens/s are then per CPU second)",
+    )
     args = parser.parse_args()
 
     from hf_vanilla_transformer.cpu_inference import optimize_for_cpu_inference
@@ -56,6 +64,10 @@ def main() -> dict:
         "opt-in int8": quantize_int8(plain),
     }
     cpu = torch.device("cpu")
+    clock = time.perf_counter
+    if args.cpu_time:
+        torch.set_num_threads(1)
+        clock = time.process_time
     results = {}
     for label, batch, beams in [("greedy b1", 1, 1), ("beam4 b1", 1, 4), ("greedy b16", 16, 1)]:
         fns = {
@@ -63,7 +75,7 @@ def main() -> dict:
             for name, model in models.items()
         }
         tokens = {name: fn() for name, fn in fns.items()}
-        times = bench_models.interleaved(fns, args.rounds, 1, cpu)
+        times = bench_models.interleaved(fns, args.rounds, 1, cpu, clock)
         row = {name: batch * new_tokens / statistics.median(t) for name, t in times.items()}
         for kind in ("fp32", "int8"):
             new, ref = times[f"opt-in {kind}"], times[f"baseline {kind}"]

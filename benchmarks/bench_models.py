@@ -275,17 +275,19 @@ def ctranslate2_fn(translator, tokens: list[str], batch: int, src_len: int, new_
     return run
 
 
-def timed(fn: Callable[[], object], device) -> float:
+def timed(fn: Callable[[], object], device, clock: Callable[[], float] = time.perf_counter) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable], rounds: int, warmup: int, device, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -294,7 +296,7 @@ def interleaved(fns: dict[str, Callable], rounds: int, warmup: int, device) -> d
         # Odd rounds run the models in reverse order, so no model always follows the same neighbour.
         order = list(fns.items()) if round_index % 2 == 0 else list(fns.items())[::-1]
         for name, fn in order:
-            times[name].append(timed(fn, device))
+            times[name].append(timed(fn, device, clock))
     return times
 
 
