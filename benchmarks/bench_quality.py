@@ -8,10 +8,10 @@ Mode `cli`: runs `hf-vanilla-train --train_file ... --test_file ...` as a user w
 of steps, and reads its scores.
 
 It needs a parallel corpus, CORPUS/train.jsonl and CORPUS/test.jsonl with lines
-{"translation": {"fr": ..., "en": ...}}; on a Debian machine the gettext catalogues give one
-(French about 47.9k pairs, Spanish about 41.8k):
+{"translation": {"fr": ..., "en": ...}}; on a Debian machine benchmarks/build_corpus.py makes one from the gettext
+catalogues (French about 47.9k pairs, Spanish about 41.8k):
 
-    python ../shared/realdata/extract_gettext.py /tmp/corpus-fr --lang fr
+    python benchmarks/build_corpus.py /tmp/corpus-fr --lang fr
     python benchmarks/bench_quality.py --corpus /tmp/corpus-fr --source_lang fr --seeds 42 43 44
     python benchmarks/bench_quality.py --corpus /tmp/corpus-fr --source_lang fr --mode cli
 
