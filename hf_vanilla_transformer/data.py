@@ -43,6 +43,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Translation, Value
 from datasets.distributed import split_dataset_by_node
 
+from ._validation import check_int
+
 logger = logging.getLogger(__name__)
 
 SOURCE_LANG = "en"
@@ -229,13 +231,6 @@ def _sentence_pair(rng: random.Random, lexicon: _Lexicon) -> tuple[str, str]:
             return " ".join(source), " ".join(target)
 
 
-def _check_size(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
-
-
 def _translation_features(source_lang: str, target_lang: str) -> Features:
     return Features({TRANSLATION_COLUMN: Translation(languages=[source_lang, target_lang])})
 
@@ -249,10 +244,10 @@ def load_builtin_dataset(
     so validation and test are disjoint from train and from each other; they are drawn first, so
     they stay the same when only `train_size` changes.
     """
-    _check_size("seed", seed, 0)
-    _check_size("train_size", train_size, 1)
-    _check_size("validation_size", validation_size, 0)
-    _check_size("test_size", test_size, 0)
+    check_int("seed", seed, 0)
+    check_int("train_size", train_size, 1)
+    check_int("validation_size", validation_size, 0)
+    check_int("test_size", test_size, 0)
     rng = random.Random(seed)
     lexicon = _build_lexicon(rng)
     wanted = validation_size + test_size + train_size
@@ -833,7 +828,7 @@ def preprocessing_processes(num_pairs: int, num_proc: int | None) -> int | None:
     """The processes that tokenize a split of `num_pairs` pairs: `num_proc` if given, else one per core this process
     may use, as long as each gets `PAIRS_PER_WORKER` pairs. None means this process alone, as datasets.map takes it."""
     if num_proc is not None:
-        _check_size("num_proc", num_proc, 1)
+        check_int("num_proc", num_proc, 1)
         return num_proc if num_proc > 1 else None
     processes = min(available_cpus(), num_pairs // PAIRS_PER_WORKER)
     return processes if processes > 1 else None
@@ -1006,8 +1001,8 @@ def preprocess_dataset(
     tokenized lazily as it is read, and its `StreamFilterStats` count as it goes. Returns the dataset and its stats
     (a dict of them per split for a dict of splits).
     """
-    _check_size("max_source_length", max_source_length, 1)
-    _check_size("max_target_length", max_target_length, 1)
+    check_int("max_source_length", max_source_length, 1)
+    check_int("max_target_length", max_target_length, 1)
     arguments = (tokenizer, source_lang, target_lang, max_source_length, max_target_length, num_proc)
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         results = {
@@ -1036,7 +1031,7 @@ def tokenizer_training_texts(
     loaded split, read in arrow batches, or the first pairs of a stream (all a stream can give before training
     starts), in batches. Empty texts are left out."""
     if max_pairs is not None:
-        _check_size("max_pairs", max_pairs, 1)
+        check_int("max_pairs", max_pairs, 1)
     _check_translation_column(split, "the tokenizer's training split", source_lang, target_lang)
     if isinstance(split, IterableDataset):
         # Python batches: a stream's checks run in Python, and arrow batches would be built again from them.
@@ -1061,7 +1056,7 @@ def stream_share(stream: IterableDataset, rank: int, world_size: int) -> Iterabl
     process tokenizes only its own pairs: whole shards when they divide evenly among the processes
     (datasets' `split_dataset_by_node`), else every `world_size`-th pair. The shares are disjoint and cover the
     stream."""
-    _check_size("world_size", world_size, 1)
+    check_int("world_size", world_size, 1)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size), got rank={rank} and world_size={world_size}.")
     if world_size == 1:
