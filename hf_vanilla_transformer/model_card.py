@@ -20,7 +20,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ._io import write_file
-from .data import SOURCE_LANG, TARGET_LANG, FilterStats, StreamFilterStats
+from .builtin_task import SOURCE_LANG, TARGET_LANG
+from .data import FilterStats, StreamFilterStats
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def _data_summary(data_args, stats, source_lang: str, target_lang: str) -> DataS
         description=(
             f"The built-in task of `hf-vanilla-transformer`: English-like sentences (`{SOURCE_LANG}`) translated "
             f"into an invented verb-final language (`{TARGET_LANG}`), generated from seed {data_args.builtin_seed} "
-            "(`hf_vanilla_transformer.data.load_builtin_dataset`)."
+            "(`hf_vanilla_transformer.builtin_task.load_builtin_dataset`)."
         ),
         # "toy" names the invented language here, but as an ISO 639-3 code it is a real one (Topoiyo).
         languages=(SOURCE_LANG,),

@@ -20,7 +20,8 @@ from hf_vanilla_transformer.cli.translate import add_generation_arguments, gener
 
 
 def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, load_parallel_data
+    from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+    from hf_vanilla_transformer.data import load_parallel_data
 
     if args.test_file or args.dataset_name:
         if not (args.source_lang and args.target_lang):

@@ -43,10 +43,8 @@ from hf_vanilla_transformer.cli.train_arguments import (
     recipe_first,
 )
 from hf_vanilla_transformer.cli.train_arguments import __doc__ as COMMAND_HELP
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.data import (
-    SOURCE_LANG,
-    TARGET_LANG,
-    load_builtin_dataset,
     load_parallel_data,
     longest_source,
     preprocess_dataset,

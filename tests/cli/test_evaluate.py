@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hf_vanilla_transformer.cli import evaluate
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.training import translation_scores
 from hf_vanilla_transformer.translation import translate
 
