@@ -27,6 +27,7 @@ from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDa
 from datasets.distributed import split_dataset_by_node
 
 from ._validation import check_int
+from .builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -539,6 +540,49 @@ def load_parallel_data(
             dataset, origin, source_lang, target_lang, source_column, target_column
         )
     return IterableDatasetDict(normalised) if streaming else DatasetDict(normalised)
+
+
+def load_translation_data(
+    *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: FileArgument | None = None,
+    validation_file: FileArgument | None = None,
+    test_file: FileArgument | None = None,
+    source_lang: str | None = None,
+    target_lang: str | None = None,
+    source_column: str | None = None,
+    target_column: str | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+    builtin_seed: int = 0,
+    builtin_train_size: int = 20000,
+) -> tuple[DatasetDict | IterableDatasetDict, str, str]:
+    """The pairs named and their two language keys: a Hub dataset or local files (`load_parallel_data`, which needs
+    `source_lang` and `target_lang`), or, when none is named, the built-in task (`builtin_task.load_builtin_dataset`
+    from `builtin_seed`, with `builtin_train_size` training pairs; en -> toy). The one loader of every command."""
+    if dataset_name is None and train_file is None and validation_file is None and test_file is None:
+        if source_lang or target_lang:
+            logger.warning(
+                "No data given: the built-in task (%s -> %s) ignores source_lang and target_lang.", SOURCE_LANG, TARGET_LANG
+            )
+        return load_builtin_dataset(seed=builtin_seed, train_size=builtin_train_size), SOURCE_LANG, TARGET_LANG
+    if not (source_lang and target_lang):
+        raise ValueError("Give source_lang and target_lang with your data (--source_lang en --target_lang de).")
+    data = load_parallel_data(
+        dataset_name=dataset_name,
+        dataset_config_name=dataset_config_name,
+        train_file=train_file,
+        validation_file=validation_file,
+        test_file=test_file,
+        source_lang=source_lang,
+        target_lang=target_lang,
+        source_column=source_column,
+        target_column=target_column,
+        streaming=streaming,
+        cache_dir=cache_dir,
+    )
+    return data, source_lang, target_lang
 
 
 # ---------------------------------------------------------------------------------------------

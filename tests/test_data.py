@@ -9,7 +9,13 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
 from hf_vanilla_transformer import data
 from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
-from hf_vanilla_transformer.data import FilterStats, StreamFilterStats, load_parallel_data, preprocess_dataset
+from hf_vanilla_transformer.data import (
+    FilterStats,
+    StreamFilterStats,
+    load_parallel_data,
+    load_translation_data,
+    preprocess_dataset,
+)
 from hf_vanilla_transformer.tokenization import EOS_ID, train_bpe_tokenizer
 
 PAIRS = [
@@ -54,6 +60,19 @@ def test_jsonl_with_translation_column(tmp_path):
     assert isinstance(loaded, DatasetDict)
     assert loaded["train"].column_names == ["translation"]
     assert _pairs_of(loaded["train"]) == PAIRS
+
+
+def test_load_translation_data_gives_the_named_data_or_else_the_builtin_task(tmp_path, caplog):
+    path = _write_jsonl(tmp_path / "test.jsonl", [{"en": s, "de": t} for s, t in PAIRS])
+    loaded, source_lang, target_lang = load_translation_data(test_file=str(path), source_lang="en", target_lang="de")
+    assert (list(loaded), source_lang, target_lang) == (["test"], "en", "de")
+    assert _pairs_of(loaded["test"]) == PAIRS
+    with pytest.raises(ValueError, match="Give source_lang and target_lang"):
+        load_translation_data(test_file=str(path))
+    with caplog.at_level(logging.WARNING, logger="hf_vanilla_transformer.data"):
+        builtin, source_lang, target_lang = load_translation_data(source_lang="de", builtin_train_size=5)
+    assert (source_lang, target_lang, len(builtin["train"])) == (SOURCE_LANG, TARGET_LANG, 5)
+    assert "the built-in task (en -> toy) ignores source_lang and target_lang" in caplog.text
 
 
 def test_jsonl_with_flat_columns(tmp_path):

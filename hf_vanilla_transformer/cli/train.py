@@ -35,7 +35,6 @@ from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove
 from hf_vanilla_transformer.cli.train_arguments import (
     DEFAULT_OUTPUT_DIR,
     PROJECT_ARGUMENTS,
-    DataArguments,
     ModelArguments,
     RecipeArguments,
     check_recipe_names,
@@ -43,9 +42,8 @@ from hf_vanilla_transformer.cli.train_arguments import (
     recipe_first,
 )
 from hf_vanilla_transformer.cli.train_arguments import __doc__ as COMMAND_HELP
-from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.cli._data import load_data
 from hf_vanilla_transformer.data import (
-    load_parallel_data,
     longest_source,
     preprocess_dataset,
     stream_share,
@@ -124,31 +122,6 @@ def parse_overrides(text: str | None) -> dict:
             f"it has {', '.join(VanillaTransformerConfig.__annotations__)}."
         )
     return values
-
-
-def load_data(data_args: DataArguments, cache_dir: str | None):
-    """The raw DatasetDict (translation column) and the two language keys."""
-    if not (data_args.dataset_name or data_args.train_file):
-        if data_args.source_lang or data_args.target_lang:
-            logger.warning("No data given: the built-in task (%s -> %s) ignores --source_lang/--target_lang.", SOURCE_LANG, TARGET_LANG)
-        raw = load_builtin_dataset(seed=data_args.builtin_seed, train_size=data_args.builtin_train_size)
-        return raw, SOURCE_LANG, TARGET_LANG
-    if not (data_args.source_lang and data_args.target_lang):
-        raise ValueError("Pass --source_lang and --target_lang (e.g. --source_lang en --target_lang de) with your data.")
-    raw = load_parallel_data(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        test_file=data_args.test_file,
-        source_lang=data_args.source_lang,
-        target_lang=data_args.target_lang,
-        source_column=data_args.source_column,
-        target_column=data_args.target_column,
-        streaming=data_args.streaming,
-        cache_dir=cache_dir,
-    )
-    return raw, data_args.source_lang, data_args.target_lang
 
 
 def _limit(dataset, limit: int | None):

@@ -41,5 +41,5 @@ def test_evaluate_a_local_test_file(run_dir, tmp_path, capsys):
 def test_evaluate_errors(run_dir, tmp_path):
     with pytest.raises(ValueError, match="no split 'dev'; it has"):
         evaluate.run([str(run_dir), "--split", "dev"])
-    with pytest.raises(ValueError, match="Give --source_lang and --target_lang"):
+    with pytest.raises(ValueError, match="Give source_lang and target_lang"):
         evaluate.run([str(run_dir), "--test_file", str(tmp_path / "test.jsonl")])

@@ -475,7 +475,7 @@ def test_bad_input_fails_before_training(tmp_path, kind, extra, error, message):
 
 
 def test_data_without_languages_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="Pass --source_lang and --target_lang"):
+    with pytest.raises(ValueError, match="Give source_lang and target_lang"):
         run([*bad_jsonl(tmp_path, "good"), "--output_dir", str(tmp_path / "out")])
     assert_no_model_written(tmp_path / "out")
 
