@@ -29,6 +29,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .cpu_inference import fuse_self_attention, restore_plain_modules, use_inference_blocks
+from .model_source import check_model_folder
 from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
 
 logger = logging.getLogger(__name__)
@@ -270,8 +271,7 @@ def load_int8(folder: str) -> VanillaTransformerForConditionalGeneration:
     folder and any weight the folder lacks or has in excess (from_pretrained only warns of those)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ValueError(f"{folder} has no config.json: it is not a saved model folder.")
+    check_model_folder(folder, needs_tokenizer=False)
     if not is_int8_folder(folder):
         raise ValueError(
             f"{folder} holds no int8 model saved by quantize_int8 (its config.json has no quantization_config with "

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 
 from hf_vanilla_transformer._io import staged_folder
-from hf_vanilla_transformer.checks import check_model_source
 from hf_vanilla_transformer.cli._errors import ArgumentParser, console_script
+from hf_vanilla_transformer.model_source import check_model_source
 
 logger = logging.getLogger("hf_vanilla_transformer.convert")
 

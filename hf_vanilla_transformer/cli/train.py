@@ -29,7 +29,6 @@ from transformers import (
 
 from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, table3_training_arguments
 from hf_vanilla_transformer._io import publish_folder
-from hf_vanilla_transformer.checks import LONGEST_TRAINING_SOURCE, check_model_source, tokenizer_max_length
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove_previous_run, write_results
 from hf_vanilla_transformer.cli.train_arguments import (
@@ -50,6 +49,7 @@ from hf_vanilla_transformer.data import (
     tokenizer_training_texts,
 )
 from hf_vanilla_transformer.model_card import write_run_card
+from hf_vanilla_transformer.model_source import check_model_source
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import (
     STAGING_DIR,
@@ -59,7 +59,12 @@ from hf_vanilla_transformer.training import (
     paper_learning_rate,
     translation_scores,
 )
-from hf_vanilla_transformer.translation import paper_generation_config, translate
+from hf_vanilla_transformer.translation import (
+    LONGEST_TRAINING_SOURCE,
+    paper_generation_config,
+    tokenizer_max_length,
+    translate,
+)
 
 logger = logging.getLogger("hf_vanilla_transformer.train")
 
