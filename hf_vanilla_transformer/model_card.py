@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ._io import write_file
 from .builtin_task import SOURCE_LANG, TARGET_LANG
 from .data import FilterStats, StreamFilterStats
+from .translation import output_limit_words
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ def _scores_section(model, results: Mapping) -> str:
     decoding = f"beam {generation.num_beams}"
     if generation.num_beams > 1:
         decoding += f", length penalty {generation.length_penalty}"
-    beyond = getattr(generation, "max_new_tokens_beyond_source", None)
-    if beyond is not None:
-        decoding += f", at most input length + {beyond} tokens"
+    decoding += f", at most {output_limit_words(generation)}"
     rows = ["| metric | score |", "|---|---|", f"| BLEU | {results['test_bleu']} |"]
     if "test_chrf" in results:
         rows.append(f"| chrF | {results['test_chrf']} |")

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from .modeling_vanilla_transformer import max_new_tokens_for
 from .pipeline_vanilla_transformer import TranslationPipeline, custom_pipelines
 
 logger = logging.getLogger(__name__)
@@ -203,15 +204,22 @@ def long_input_limit(model) -> tuple[int, str] | None:
 
 def output_limit(generation_config, source_length: int, max_new_tokens: int | None = None) -> int:
     """The most tokens `generate()` makes for a source of `source_length` tokens: `max_new_tokens` when given, else
-    the generation config's own, else source length + `max_new_tokens_beyond_source` (§6.1), else its max_length."""
+    the model's rule (`max_new_tokens_for`: the config's own, or source length + 50 in §6.1's), else max_length."""
     if max_new_tokens is not None:
         return max_new_tokens
-    if generation_config.max_new_tokens is not None:
-        return generation_config.max_new_tokens
-    beyond = getattr(generation_config, "max_new_tokens_beyond_source", None)
-    if beyond is not None:
-        return source_length + int(beyond)
-    return generation_config.max_length
+    limit = max_new_tokens_for(generation_config, source_length)
+    return generation_config.max_length if limit is None else limit
+
+
+def output_limit_words(generation_config, max_new_tokens: int | None = None) -> str:
+    """`output_limit` in words: "N new tokens", "source length + N tokens" or "max_length N"."""
+    if max_new_tokens is not None:
+        return f"{max_new_tokens} new tokens"
+    # The rule is a fixed count or the source length plus one: two source lengths tell which.
+    empty, one = max_new_tokens_for(generation_config, 0), max_new_tokens_for(generation_config, 1)
+    if empty is None:
+        return f"max_length {generation_config.max_length}"
+    return f"{empty} new tokens" if one == empty else f"source length + {empty} tokens"
 
 
 def _numbers(indices: Sequence[int]) -> str:
@@ -324,17 +332,10 @@ def warn_cut(cut: Sequence[int], max_new_tokens: int | None, generation_config) 
     """The warning for translations that stopped at the output length limit."""
     if not cut:
         return
-    beyond = getattr(generation_config, "max_new_tokens_beyond_source", None)
-    if max_new_tokens is not None or generation_config.max_new_tokens is not None:
-        limit = f"{max_new_tokens or generation_config.max_new_tokens} new tokens"
-    elif beyond is not None:
-        limit = f"source length + {beyond} tokens"
-    else:
-        limit = f"max_length {generation_config.max_length}"
     which = f"translation{'s' if len(cut) > 1 else ''} of sentence{'s' if len(cut) > 1 else ''} {_numbers(cut)}"
     logger.warning(
         "The %s stopped at the output length limit (%s) without an end token: cut short, probably. Raise "
-        "max_new_tokens, or split the input.", which, limit,
+        "max_new_tokens, or split the input.", which, output_limit_words(generation_config, max_new_tokens),
     )  # fmt: skip
 
 

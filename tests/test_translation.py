@@ -3,8 +3,15 @@
 import logging
 
 import pytest
+from transformers import GenerationConfig
 
-from hf_vanilla_transformer.translation import LONGEST_TRAINING_SOURCE, check_sentences
+from hf_vanilla_transformer.translation import (
+    LONGEST_TRAINING_SOURCE,
+    check_sentences,
+    output_limit,
+    output_limit_words,
+    paper_generation_config,
+)
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 WORDS = "red blue green cat dog bird sees reads book river".split()
@@ -46,3 +53,14 @@ def test_without_a_record_the_limit_is_max_position_embeddings(tiny_model, token
         "Sentence 2 is 41 tokens long, more than the model's max_position_embeddings (32): expect a translation cut "
         "short or wrong, and split long text into sentences."
     ]
+
+
+def test_the_output_limit_is_one_rule_for_generate_the_checks_and_the_words(tiny_model):
+    generation = paper_generation_config(tiny_model().config)  # source length + 50 (§6.1)
+    assert output_limit(generation, 30) == 80 and output_limit(generation, 30, max_new_tokens=7) == 7
+    assert output_limit_words(generation) == "source length + 50 tokens"
+    assert output_limit_words(generation, max_new_tokens=7) == "7 new tokens"
+    generation.max_new_tokens = 12  # the config's own count wins over §6.1's rule, as in generate()
+    assert (output_limit(generation, 30), output_limit_words(generation)) == (12, "12 new tokens")
+    plain = GenerationConfig(max_length=40)
+    assert (output_limit(plain, 30), output_limit_words(plain)) == (40, "max_length 40")
