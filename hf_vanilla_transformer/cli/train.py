@@ -29,8 +29,10 @@ from transformers import (
 
 from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, table3_training_arguments
 from hf_vanilla_transformer._io import publish_folder
+from hf_vanilla_transformer.cli._data import load_data
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove_previous_run, write_results
+from hf_vanilla_transformer.cli.model_card import write_run_card
 from hf_vanilla_transformer.cli.train_arguments import (
     DEFAULT_OUTPUT_DIR,
     PROJECT_ARGUMENTS,
@@ -41,14 +43,12 @@ from hf_vanilla_transformer.cli.train_arguments import (
     recipe_first,
 )
 from hf_vanilla_transformer.cli.train_arguments import __doc__ as COMMAND_HELP
-from hf_vanilla_transformer.cli._data import load_data
 from hf_vanilla_transformer.data import (
     longest_source,
     preprocess_dataset,
     stream_share,
     tokenizer_training_texts,
 )
-from hf_vanilla_transformer.model_card import write_run_card
 from hf_vanilla_transformer.model_source import check_model_source
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import (

@@ -1,9 +1,9 @@
-"""The model card: the README.md a training run leaves beside its model, which the Hub shows as the model's page.
+"""The model card hf-vanilla-train writes: the README.md beside the trained model, which the Hub shows as its page.
 
 `write_model_card` renders what it is given (sizes read from the model, data, recipe, training values, test
-scores with their sacreBLEU signatures, how to load and translate) and invents nothing. `write_run_card`
-collects those facts from a finished `hf-vanilla-train` run, writes the card and, under `--push_to_hub`,
-uploads it.
+scores with their sacreBLEU signatures, how to load and translate) as huggingface_hub's `ModelCard` with its
+`ModelCardData` metadata, and invents nothing. `write_run_card` collects those facts from a finished run (its
+Trainer and arguments), writes the card and, under `--push_to_hub`, uploads it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ._io import write_file
-from .builtin_task import SOURCE_LANG, TARGET_LANG
-from .data import FilterStats, StreamFilterStats
-from .translation import output_limit_words
+from hf_vanilla_transformer._io import write_file
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG
+from hf_vanilla_transformer.data import FilterStats, StreamFilterStats
+from hf_vanilla_transformer.translation import output_limit_words
 
 logger = logging.getLogger(__name__)
 
