@@ -1,11 +1,12 @@
 """hf-vanilla-train's run: data, tokenizer, model, `VanillaSeq2SeqTrainer`, the final model, its test scores and card.
 
-What the command takes (its options, the recipes) is `train_arguments.py`, which the console script reads first,
+What the command takes (its options, the recipes) is `train_options.py`, which the console script reads first,
 without torch or transformers; `parse_args` here parses the same command line into transformers' dataclasses.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -33,7 +34,7 @@ from hf_vanilla_transformer.cli._data import load_data
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
 from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove_previous_run, write_results
 from hf_vanilla_transformer.cli.model_card import write_run_card
-from hf_vanilla_transformer.cli.train_arguments import (
+from hf_vanilla_transformer.cli.train_options import (
     DEFAULT_OUTPUT_DIR,
     PROJECT_ARGUMENTS,
     ModelArguments,
@@ -42,7 +43,7 @@ from hf_vanilla_transformer.cli.train_arguments import (
     read_command_line,
     recipe_first,
 )
-from hf_vanilla_transformer.cli.train_arguments import __doc__ as COMMAND_HELP
+from hf_vanilla_transformer.cli.train_options import __doc__ as COMMAND_HELP
 from hf_vanilla_transformer.data import (
     longest_source,
     preprocess_dataset,
@@ -68,26 +69,37 @@ from hf_vanilla_transformer.translation import (
 
 logger = logging.getLogger("hf_vanilla_transformer.train")
 
+
 class TrainArgumentParser(OneLineErrors, HfArgumentParser):
     """hf-vanilla-train's arguments into this project's three dataclasses and the Trainer's; errors are one line
-    (its --help and --help_trainer are `train_arguments.CommandLine`'s)."""
+    (its --help and --help_trainer are `train_options.CommandLine`'s). `names`: every option's name, the fields."""
 
     def __init__(self):
+        classes = (*PROJECT_ARGUMENTS, Seq2SeqTrainingArguments)
         super().__init__(
-            (*PROJECT_ARGUMENTS, Seq2SeqTrainingArguments),
+            classes,
             prog="hf-vanilla-train",
             usage="%(prog)s [RECIPE.json|RECIPE.yaml] [--option VALUE ...]",
             description=COMMAND_HELP,
         )
+        # HfArgumentParser makes an option of each field that __init__ takes, named after it.
+        self.names = {field.name for kind in classes for field in dataclasses.fields(kind) if field.init}
+
+    def given(self, argv: list[str]) -> set[str]:
+        """The names of the options `argv` gives a value, whatever their spelling (--max-steps 5, --max_steps=5):
+        `argv` parsed into a namespace where every option starts out unset, so that a default never counts."""
+        unset = object()
+        parsed, _ = self.parse_known_args(argv, namespace=argparse.Namespace(**dict.fromkeys(self.names, unset)))
+        return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def parse_args(argv: list[str] | None = None):
     """Recipe values become defaults; command-line arguments override them. A mistake is said before torch and
-    transformers are imported (`train_arguments.read_command_line`)."""
+    transformers are imported (`train_options.read_command_line`)."""
     argv = recipe_first(list(sys.argv[1:] if argv is None else argv))
     probe, recipe_name, recipe = read_command_line(argv)
     parser = TrainArgumentParser()
-    check_recipe_names(recipe_name, recipe, {a.dest for a in parser._actions})
+    check_recipe_names(recipe_name, recipe, parser.names)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
         # accelerate sets up processes on CPUs (gloo, MULTI_CPU) only with use_cpu; without it, `torchrun
         # --nproc_per_node N` would start N separate trainings, each on all the data, writing the same files.
@@ -222,9 +234,8 @@ def model_config(model_args: ModelArguments, tokenizer):
 
 
 def command_line_names(argv: list[str] | None) -> set[str]:
-    """The option names (without dashes) written on the command line, e.g. {'learning_rate', 'max_steps'}."""
-    argv = sys.argv[1:] if argv is None else argv
-    return {item[2:].split("=", 1)[0] for item in argv if item.startswith("--")}
+    """The option names the command line gives, e.g. {'learning_rate', 'max_steps'} (what it sets over a recipe)."""
+    return TrainArgumentParser().given(recipe_first(list(sys.argv[1:] if argv is None else argv)))
 
 
 def resolve_schedule(recipe_args: RecipeArguments, training_args, d_model: int, given: set[str]) -> None:

@@ -25,7 +25,7 @@ from hf_vanilla_transformer.cli.train import (
     resolve_schedule,
     run,
 )
-from hf_vanilla_transformer.cli.train_arguments import load_recipe
+from hf_vanilla_transformer.cli.train_options import load_recipe
 from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import last_complete_checkpoint
