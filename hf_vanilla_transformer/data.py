@@ -563,9 +563,8 @@ def load_translation_data(
     from `builtin_seed`, with `builtin_train_size` training pairs; en -> toy). The one loader of every command."""
     if dataset_name is None and train_file is None and validation_file is None and test_file is None:
         if source_lang or target_lang:
-            logger.warning(
-                "No data given: the built-in task (%s -> %s) ignores source_lang and target_lang.", SOURCE_LANG, TARGET_LANG
-            )
+            built_in = f"{SOURCE_LANG} -> {TARGET_LANG}"
+            logger.warning("No data given: the built-in task (%s) ignores source_lang and target_lang.", built_in)
         return load_builtin_dataset(seed=builtin_seed, train_size=builtin_train_size), SOURCE_LANG, TARGET_LANG
     if not (source_lang and target_lang):
         raise ValueError("Give source_lang and target_lang with your data (--source_lang en --target_lang de).")
