@@ -572,7 +572,7 @@ def max_new_tokens_for(generation_config, source_length: int) -> int | None:
     if generation_config.max_new_tokens is not None:
         return generation_config.max_new_tokens
     beyond = getattr(generation_config, "max_new_tokens_beyond_source", None)
-    return None if beyond is None else source_length + int(beyond)
+    return None if beyond is None else source_length + beyond
 
 
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
