@@ -169,11 +169,11 @@ def decode_scores(model, tokenizer, sources: list[str], references: list[str], a
 
 def prepare(args):
     """The corpus, a shared BPE tokenizer trained on its training side, and the tokenised splits."""
-    from hf_vanilla_transformer.data import load_parallel_data, preprocess_dataset
+    from hf_vanilla_transformer.data import load_translation_data, preprocess_dataset
     from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
     corpus = Path(args.corpus)
-    raw = load_parallel_data(
+    raw, _, _ = load_translation_data(
         train_file=str(corpus / "train.jsonl"),
         test_file=str(corpus / "test.jsonl"),
         source_lang=args.source_lang,

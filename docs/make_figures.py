@@ -27,7 +27,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, table3_config
 from hf_vanilla_transformer import visualization as viz
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.modeling_vanilla_transformer import scaled_dot_product_attention
 
 EXAMPLE = "the two old farmers see a red boat near the river"
