@@ -16,7 +16,7 @@ catalogues (French about 47.9k pairs, Spanish about 41.8k):
     python benchmarks/bench_quality.py --corpus /tmp/corpus-fr --source_lang fr --mode cli
 
 A model is `vanilla`, `marian`, or either with config values after a colon, for ablations:
-`--models vanilla marian vanilla:init_scheme=normal,init_std=0.02`. `vanilla:marian_init=true` starts this model
+`--models vanilla marian vanilla:init_scheme=xavier`. `vanilla:marian_init=true` starts this model
 from the very weights MarianMTModel draws at that seed (converted), which separates the initial draw from
 everything else.
 
