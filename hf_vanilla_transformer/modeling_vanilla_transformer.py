@@ -7,8 +7,6 @@ embeddings and the pre-softmax projection. This file imports only torch, transfo
 checked where they enter (tokenizer, pipeline, command line); here only shapes, where a wrong one fails cryptically.
 """
 
-from __future__ import annotations
-
 import copy
 import math
 from collections.abc import Callable

@@ -1,6 +1,7 @@
 """transformers' conventions, checked on this model and, where the convention is one, on MarianMTModel too: the same
 test passing on Marian shows that the convention, not our reading of it, is what is tested."""
 
+import inspect
 import logging
 import warnings
 
@@ -111,6 +112,18 @@ def test_forwards_take_transformers_kwargs_and_generate_refuses_a_mistyped_one(k
         torch.testing.assert_close(model(**inputs, position_ids=torch.arange(4)[None]).logits, plain)
     with pytest.raises(ValueError, match=r"not used by the model: \['past_key_value'\]"):
         model.generate(input_ids=source, attention_mask=mask, max_new_tokens=2, past_key_value=torch.ones(1))
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "marian"])
+@pytest.mark.parametrize("model_class", ["base", "lm"])
+def test_forward_signatures_show_the_transformers_kwargs_they_take(kind, model_class):
+    # transformers reads what a forward accepts from its signature (its common tests decide from it whether a model
+    # can return attentions): the **kwargs annotation must be Unpack[TransformersKwargs] itself, not its text.
+    model = build(kind)
+    forward = model.forward if model_class == "lm" else model.model.forward
+    annotation = inspect.signature(forward).parameters["kwargs"].annotation
+    assert not isinstance(annotation, str)
+    assert "output_attentions" in annotation.__args__[0].__annotations__
 
 
 # --- 2. The model's loss is plain cross-entropy; label smoothing is the Trainer's ---
