@@ -328,3 +328,27 @@ def test_the_scale_benchmark_times_every_stage_of_both_modes(tmp_path, catalogue
         assert set(run["seconds"]) == {"start", "load", "tokenizer", "preprocess", "trainer", "batch"}
         assert run["to_step_1"] > 0 and run["max_rss_mb"] > 0 and run["first_batch"]["pairs"] > 0
     assert "| 300 | streaming |" in done.stdout
+
+
+def test_the_transformers_common_tests_runner_answers_help_and_compares_junit(tmp_path):
+    """The runner needs a transformers checkout to run anything; here only its CLI and its report, on a made-up
+    JUnit file: a test that fails on this model and passes on Marian is listed with its one-line reason."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "transformers_common_tests.py"), "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and "--transformers_tests" in done.stdout and "--rev" in done.stdout
+    import transformers_common_tests as runner
+
+    def junit(path, cases):
+        body = "".join(f'<testcase classname="C" name="{name}">{inner}</testcase>' for name, inner in cases)
+        path.write_text(f'<testsuites><testsuite name="pytest">{body}</testsuite></testsuites>')
+        return runner.read_junit(path)
+
+    ours = junit(tmp_path / "ours.xml", [("test_a", ""), ("test_b", '<failure message="AssertionError: 1 != 2&#10;  more"/>'),
+                                         ("test_c", '<skipped message="needs a GPU"/>')])  # fmt: skip
+    marian = junit(tmp_path / "marian.xml", [("test_a", ""), ("test_b", ""), ("test_c", "")])
+    assert runner.counts(ours) == {"passed": 1, "failed": 1, "error": 0, "skipped": 1}
+    assert runner.compare(ours, marian) == [{"test": "test_b", "outcome": "failed", "reason": "AssertionError: 1 != 2"}]
+    # The tester lives outside tests/, so this suite never collects it (it needs transformers' tests tree).
+    assert (BENCHMARKS / "transformers_common" / "test_modeling_vanilla_transformer.py").is_file()
