@@ -278,6 +278,19 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     return model
 
 
+def compile_decoding(model: nn.Module, **compile_options) -> nn.Module:
+    """Decoding through `torch.compile`: `generate()` keeps its keys and values in transformers' static cache
+    (`generation_config.cache_implementation = "static"`), and `model.compile()` (torch's `nn.Module.compile`)
+    makes each call of the model one compiled graph, so a decoding step's module calls, masks and cache writes
+    run as compiled code instead of Python. Greedy, beam and sampling all go through it; the first call of a new
+    shape compiles (tens of seconds at the paper's base sizes, less from torch's on-disk cache), and after a second
+    shape torch makes the sizes dynamic. `compile_options` go to `torch.compile` (say
+    `options={"freezing": True}`). The weights, the state dict and saving are unchanged; returns the model."""
+    model.generation_config.cache_implementation = "static"
+    model.compile(**{"fullgraph": True, **compile_options})
+    return model
+
+
 def restore_plain_modules(model: nn.Module) -> nn.Module:
     """Undoes `optimize_for_cpu_inference`: each fused self-attention becomes a plain one over the same three
     layers, every `RowBlockLinear` an `nn.Linear` over the same parameters, and the inference blocks plain ones."""
@@ -296,6 +309,7 @@ __all__ = [
     "InferenceSublayer",
     "TableSinusoidalPositionalEncoding",
     "RowBlockLinear",
+    "compile_decoding",
     "fuse_self_attention",
     "optimize_for_cpu_inference",
     "restore_plain_modules",

@@ -271,3 +271,19 @@ def test_inference_blocks_are_new_modules_set_on_the_parent_over_the_same_submod
     assert layer.cross_attn_sublayer.norm is sublayer.norm
     assert type(encoder.embed_positions) is VanillaTransformerSinusoidalPositionalEncoding
     assert not any(name.endswith(".table") for name, _ in model.named_buffers())
+
+
+def test_compiled_decoding_gives_the_plain_tokens_in_greedy_and_beam_search(tiny_model):
+    from hf_vanilla_transformer.cpu_inference import compile_decoding
+
+    plain = tiny_model()
+    compiled = compile_decoding(tiny_model())
+    assert compiled.generation_config.cache_implementation == "static"
+    options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    with torch.inference_mode():
+        for batch, length, beams in [(1, 7, 1), (3, 5, 1), (1, 7, 2)]:
+            source = random_ids(batch, length, seed=length)
+            want = plain.generate(input_ids=source, num_beams=beams, **options)
+            got = compiled.generate(input_ids=source, num_beams=beams, **options)
+            assert torch.equal(got, want), (batch, length, beams)
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
