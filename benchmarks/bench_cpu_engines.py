@@ -16,11 +16,10 @@ vocabulary 8000, random weights; the package's engines and CTranslate2's share t
 - `default`: what `load_translation_model(folder)` gives, the path hf-vanilla-translate and hf-vanilla-evaluate use;
 - `plain`: the model as `from_pretrained` loads it;
 - `cpu-opt`: + `optimize_for_cpu_inference` (opt-in);
-- `compiled`: + `compile_decoding` (opt-in: static cache, decoding step compiled by torch.compile);
 - `int8`: `quantize_int8`;
 - `ct2`, `ct2-int8`: the same weights exported with `export_ctranslate2`, float32 and int8 (needs ctranslate2).
 
-Each process makes a first call (a warm-up; its time, which holds the compile for `compiled`, is recorded), then
+Each process makes a first call (a warm-up, whose time is recorded), then
 `--repeats` timed calls of 64 forced new tokens from 32-token sources, and reports the fastest. The table gives, per
 thread count, case and engine, the best over rounds and the range of the rounds, then the ratios the package
 claims, from the best figures. Processor, flags, thread count, library versions and the load average go with the
@@ -40,13 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ["marian", "default", "plain", "cpu-opt", "compiled", "int8", "ct2", "ct2-int8"]
+ENGINES = ["marian", "default", "plain", "cpu-opt", "int8", "ct2", "ct2-int8"]
 CASES = {"greedy b1": (1, 1), "greedy b16": (16, 1), "beam4 b1": (1, 4)}  # name: (batch, beams)
 BASE = {"d_model": 512, "d_ff": 2048, "heads": 8, "layers": 6, "vocab": 8000, "source": 32, "new_tokens": 64}
 QUICK = {"d_model": 64, "d_ff": 128, "heads": 4, "layers": 2, "vocab": 300, "source": 8, "new_tokens": 8}
 
 # The claims of the README's speed section, each (numerator, denominator, at least): checked and printed.
-CLAIMS = (("default", "marian", 1.3), ("int8", "ct2-int8", 1.5), ("cpu-opt", "plain", 0.97), ("compiled", "plain", 0.97))
+CLAIMS = (("default", "marian", 1.3), ("int8", "ct2-int8", 1.5), ("cpu-opt", "plain", 0.97))
 
 
 # --- The machine ---
@@ -155,19 +154,12 @@ def optimized(model):
     return optimize_for_cpu_inference(model)
 
 
-def compiled(model):
-    from hf_vanilla_transformer.cpu_inference import compile_decoding
-
-    return compile_decoding(model)
-
-
 # How each torch engine is built from the shared folder (CTranslate2's two are loaded in decode_fn).
 TORCH_ENGINES = {
     "marian": marian_engine,
     "default": lambda folder, sizes: package_engine(folder, cpu_products=None),
     "plain": lambda folder, sizes: package_engine(folder),
     "cpu-opt": lambda folder, sizes: package_engine(folder, change=optimized),
-    "compiled": lambda folder, sizes: package_engine(folder, change=compiled),
     "int8": lambda folder, sizes: package_engine(folder, quantize="int8"),
 }
 
@@ -222,7 +214,7 @@ def child(engine: str, case: str, folder: Path, sizes: dict, threads: int, repea
     fn = decode_fn(engine, case, folder, sizes, threads)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    tokens = fn()  # warm-up: first-call work (and, for `compiled`, the compile)
+    tokens = fn()  # warm-up: first-call work
     first_call_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
@@ -317,9 +309,6 @@ def print_table(results: dict) -> None:
                 else:
                     cells.append("failed" if "error" in cell else "")
             print(f"{engine:10s}" + "".join(f"{c:>24s}" for c in cells))
-        compiled = [row["compiled"]["first_call_s"] for row in cases.values() if "first_call_s" in row.get("compiled", {})]
-        if compiled:
-            print("compiled: first call (compile included) " + ", ".join(f"{max(c):.0f} s" for c in compiled))
     for claim in results["claims"]:
         mark = "holds" if claim["holds"] else "FAILS"
         print(

@@ -65,6 +65,7 @@ def weight_bytes_per_step(sizes: dict, bytes_per_weight: float) -> float:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", default="plain", choices=[e for e in bench_cpu_engines.ENGINES if e[:3] != "ct2"])
+    parser.add_argument("--case", default="greedy b1", choices=list(bench_cpu_engines.CASES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top", type=int, default=12, help="operators listed")
@@ -76,7 +77,7 @@ def main() -> dict:
     steps = sizes["new_tokens"]
     with tempfile.TemporaryDirectory(prefix="profile-decode-") as folder:
         bench_cpu_engines.prepare_folder(Path(folder), sizes, with_ctranslate2=False)
-        run = bench_cpu_engines.decode_fn(args.engine, "greedy b1", Path(folder), sizes, args.threads)
+        run = bench_cpu_engines.decode_fn(args.engine, args.case, Path(folder), sizes, args.threads)
         run()
         run()
         times = []
@@ -104,7 +105,7 @@ def main() -> dict:
 
     info = bench_cpu_engines.machine()
     print(f"{info['processor']}, {args.threads} thread(s), torch {info['torch']}, transformers {info['transformers']}")
-    print(f"engine {args.engine}: greedy batch 1, {steps} new tokens from {sizes['source']}-token sources")
+    print(f"engine {args.engine}: {args.case}, {steps} new tokens from {sizes['source']}-token sources")
     print(f"a step: {step_ms:.2f} ms unprofiled (fastest of {args.repeats}; whole generate() / new tokens), "
           f"{profiled_ms:.2f} ms under the profiler")
     print(f"memory floor: {weights_mb:.1f} MB of weights a step at {bandwidth:.1f} GB/s (torch.sum over 256 MB) = "
@@ -117,7 +118,7 @@ def main() -> dict:
     for name, (ms, calls) in sorted(operators.items(), key=lambda item: -item[1][0])[: args.top]:
         print(f"{name[:44]:44s} {ms:10.3f} {calls:13.1f}")
     results = {
-        "machine": info, "threads": args.threads, "engine": args.engine, "sizes": sizes,
+        "machine": info, "threads": args.threads, "engine": args.engine, "case": args.case, "sizes": sizes,
         "step_ms": step_ms, "step_ms_runs": [t * 1e3 / steps for t in times], "profiled_step_ms": profiled_ms,
         "bandwidth_gbs": bandwidth, "weights_mb_per_step": weights_mb, "floor_ms": floor_ms,
         "groups_ms": groups, "outside_operators_ms": outside,

@@ -138,7 +138,7 @@ def test_cpu_engines_run_one_process_each_and_write_the_machine_with_the_figures
     assert [run["engine"] for run in runs] == engines  # one process per engine and case, in turn
     assert {run["torch_threads"] for run in runs} == {1}
     # The package's float32 paths decode the same weights to the same tokens.
-    assert len({row[e]["tokens_sha1"] for e in ("default", "plain", "cpu-opt", "compiled")}) == 1
+    assert len({row[e]["tokens_sha1"] for e in ("default", "plain", "cpu-opt")}) == 1
     assert {(c["ratio"], c["case"]) for c in results["claims"]} >= {("default / marian", "greedy b1")}
 
 
