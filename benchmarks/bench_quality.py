@@ -8,15 +8,15 @@ Mode `cli`: runs `hf-vanilla-train --train_file ... --test_file ...` as a user w
 of steps, and reads its scores.
 
 It needs a parallel corpus, CORPUS/train.jsonl and CORPUS/test.jsonl with lines
-{"translation": {"fr": ..., "en": ...}}; on a Debian machine the gettext catalogues give one
-(French about 47.9k pairs, Spanish about 41.8k):
+{"translation": {"fr": ..., "en": ...}}; on a Debian machine benchmarks/build_corpus.py makes one from the gettext
+catalogues (French about 47.9k pairs, Spanish about 41.8k):
 
-    python ../shared/realdata/extract_gettext.py /tmp/corpus-fr --lang fr
+    python benchmarks/build_corpus.py /tmp/corpus-fr --lang fr
     python benchmarks/bench_quality.py --corpus /tmp/corpus-fr --source_lang fr --seeds 42 43 44
     python benchmarks/bench_quality.py --corpus /tmp/corpus-fr --source_lang fr --mode cli
 
 A model is `vanilla`, `marian`, or either with config values after a colon, for ablations:
-`--models vanilla marian vanilla:init_scheme=normal,init_std=0.02`. `vanilla:marian_init=true` starts this model
+`--models vanilla marian vanilla:init_scheme=xavier`. `vanilla:marian_init=true` starts this model
 from the very weights MarianMTModel draws at that seed (converted), which separates the initial draw from
 everything else.
 
@@ -169,11 +169,11 @@ def decode_scores(model, tokenizer, sources: list[str], references: list[str], a
 
 def prepare(args):
     """The corpus, a shared BPE tokenizer trained on its training side, and the tokenised splits."""
-    from hf_vanilla_transformer.data import load_parallel_data, preprocess_dataset
+    from hf_vanilla_transformer.data import load_translation_data, preprocess_dataset
     from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
     corpus = Path(args.corpus)
-    raw = load_parallel_data(
+    raw, _, _ = load_translation_data(
         train_file=str(corpus / "train.jsonl"),
         test_file=str(corpus / "test.jsonl"),
         source_lang=args.source_lang,

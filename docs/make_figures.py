@@ -27,7 +27,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, table3_config
 from hf_vanilla_transformer import visualization as viz
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.modeling_vanilla_transformer import scaled_dot_product_attention
 
 EXAMPLE = "the two old farmers see a red boat near the river"
@@ -302,7 +302,7 @@ def copy_batch(size: int, low: int, high: int, generator: torch.Generator):
 def toy_config(position_embedding: str, max_positions: int = 64) -> VanillaTransformerConfig:
     return VanillaTransformerConfig(
         vocab_size=TOY_VOCAB, d_model=64, d_ff=128, num_heads=4, encoder_layers=2, decoder_layers=2, dropout=0.0,
-        position_embedding=position_embedding, max_position_embeddings=max_positions,
+        position_embedding=position_embedding, max_position_embeddings=max_positions, init_scheme="xavier",
         pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS,
     )
 
@@ -420,10 +420,11 @@ BACKPROP_LABEL_SMOOTHING = 0.1  # epsilon_ls of §5.4, as the recipes train
 
 def backprop_config(tokenizer, norm_position: str, layers: int = BACKPROP_LAYERS) -> VanillaTransformerConfig:
     """The built-in model's widths (d_model 128, 4 heads, d_ff 512) with `layers` layers per stack and no dropout,
-    so that a gradient measured twice on the same batch is the same."""
+    so that a gradient measured twice on the same batch is the same; Glorot-uniform weights, which start each
+    sub-layer as large as its input, so that what the LayerNorm's place does to the gradient shows plainly."""
     return VanillaTransformerConfig(
         vocab_size=len(tokenizer), d_model=128, d_ff=512, num_heads=4, encoder_layers=layers, decoder_layers=layers,
-        dropout=0.0, norm_position=norm_position, pad_token_id=tokenizer.pad_token_id,
+        dropout=0.0, norm_position=norm_position, init_scheme="xavier", pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
     )
 

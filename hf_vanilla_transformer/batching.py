@@ -17,6 +17,8 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, Sampler
 
+from ._validation import check_int
+
 
 def _length(array: np.ndarray, index: int) -> int | tuple[int, int]:
     return int(array[index]) if array.ndim == 1 else (int(array[index, 0]), int(array[index, 1]))
@@ -74,15 +76,10 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         bucket_size: int | None = None,
     ) -> None:
-        for name, value in (("max_tokens", max_tokens), ("seed", seed), ("bucket_size", bucket_size)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be positive, got {max_tokens}; the paper used 25000.")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}.")
-        if bucket_size is not None and bucket_size < 1:
-            raise ValueError(f"bucket_size must be positive or None (sort everything), got {bucket_size}.")
+        check_int("max_tokens", max_tokens, 1, "The paper used 25000.")
+        check_int("seed", seed, 0)
+        if bucket_size is not None:
+            check_int("bucket_size", bucket_size, 1, "None sorts everything.")
         self.source_lengths, self.target_lengths = _lengths_array(lengths)
         longest = int(np.argmax(np.maximum(self.source_lengths, self.target_lengths)))
         if max(self.source_lengths[longest], self.target_lengths[longest]) > max_tokens:
@@ -115,8 +112,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose permutation the next iteration uses (call it on every rank)."""
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}.")
+        check_int("epoch", epoch, 0)
         self.epoch = epoch
 
     def _epoch_batches(self) -> tuple[np.ndarray, np.ndarray]:
@@ -217,10 +213,7 @@ class TokenBudgetStream(IterableDataset):
         length_columns: tuple[str, str] = ("source_length", "target_length"),
     ) -> None:
         for name, value, minimum in (("max_tokens", max_tokens, 1), ("window_size", window_size, 1), ("seed", seed, 0)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
-            if value < minimum:
-                raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+            check_int(name, value, minimum)
         self.stream = stream
         self.max_tokens = max_tokens
         self.window_size = window_size

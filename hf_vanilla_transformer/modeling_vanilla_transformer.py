@@ -565,6 +565,16 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 # --- §3.4 The pre-softmax projection, the training loss (§5.4), and decoding ---
 
 
+def max_new_tokens_for(generation_config, source_length: int) -> int | None:
+    """The tokens `generate()` makes at most for a source of `source_length` tokens when the call sets no length: the
+    generation config's `max_new_tokens`, else §6.1's source length + `max_new_tokens_beyond_source`; None when it
+    sets neither (its `max_length` applies). The output-length rule, here once for `generate` and the checks."""
+    if generation_config.max_new_tokens is not None:
+        return generation_config.max_new_tokens
+    beyond = getattr(generation_config, "max_new_tokens_beyond_source", None)
+    return None if beyond is None else source_length + beyond
+
+
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
     """The model with its pre-softmax linear layer (§3.4): next-token logits, a loss from `labels`, `generate()`."""
 
@@ -671,16 +681,11 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         `max_new_tokens_beyond_source` (50 by default) and the call sets no length, at most source length + that many
         tokens are generated."""
         config = generation_config if generation_config is not None else self.generation_config
-        extra = getattr(config, "max_new_tokens_beyond_source", None)
         source = inputs if inputs is not None else kwargs.get("input_ids")
-        if (
-            extra is not None
-            and source is not None
-            and kwargs.get("max_new_tokens") is None
-            and kwargs.get("max_length") is None
-            and config.max_new_tokens is None
-        ):
-            kwargs["max_new_tokens"] = source.shape[-1] + int(extra)
+        if source is not None and kwargs.get("max_new_tokens") is None and kwargs.get("max_length") is None:
+            limit = max_new_tokens_for(config, source.shape[-1])
+            if limit is not None:
+                kwargs["max_new_tokens"] = limit
         return super().generate(inputs, generation_config=generation_config, **kwargs)
 
 

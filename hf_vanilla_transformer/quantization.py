@@ -28,7 +28,9 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ._io import staged_folder
 from .cpu_inference import fuse_self_attention, restore_plain_modules, use_inference_blocks
+from .model_source import check_model_folder
 from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,23 @@ def _untie_output_layer(model: VanillaTransformerForConditionalGeneration) -> No
     model.all_tied_weights_keys.pop("lm_head.weight", None)
 
 
+class _StagedSave:
+    """An int8 model's `save_pretrained`: transformers' own, written into a staging folder that is moved into place
+    once every file is in (`_io.staged_folder`: renamed whole where the folder is new, each file moved into an
+    existing one), so a save that fails midway leaves the folder as it was, never half an int8 model. Set on the
+    model as an attribute by `quantize_int8` and by the quantizer, the way the model is marked quantised."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, save_directory: str | os.PathLike, *args, **kwargs):
+        if kwargs.get("push_to_hub"):
+            # transformers names the repository after the folder it writes to: the target's name, not the staging's.
+            kwargs.setdefault("repo_id", os.fspath(save_directory).split(os.path.sep)[-1])
+        with staged_folder(save_directory, merge=os.path.isdir(save_directory)) as staging:
+            return type(self.model).save_pretrained(self.model, staging, *args, **kwargs)
+
+
 class VanillaInt8Config(QuantizationConfigMixin):
     """The `quantization_config` of a folder saved from an int8 model (`fuse_qkv`: one int8 product for each
     self-attention's Q, K and V). transformers reads it when `from_pretrained` loads such a folder; pass one as
@@ -192,6 +211,7 @@ class VanillaInt8Quantizer(HfQuantizer):
         for module in model.modules():
             if isinstance(module, Int8Linear):
                 module.pack()
+        model.save_pretrained = _StagedSave(model)
         return use_inference_blocks(model)
 
     def is_serializable(self) -> bool:
@@ -226,7 +246,7 @@ def quantize_int8(model: nn.Module, inplace: bool = False, fuse_qkv: bool = True
     fixed cost of an int8 product (tens of microseconds) comes once instead of three times (`fuse_qkv=False`
     keeps the three). The model is marked quantised as transformers marks its quantizers' models
     (`config.quantization_config`, `hf_quantizer`), so `save_pretrained` writes a folder that
-    `AutoModelForSeq2SeqLM.from_pretrained` loads as this model.
+    `AutoModelForSeq2SeqLM.from_pretrained` loads as this model; it writes it whole or not at all (`_StagedSave`).
     """
     if model.training:
         raise ValueError("quantize_int8 is for inference: call model.eval() first (a quantised model cannot train).")
@@ -249,6 +269,7 @@ def quantize_int8(model: nn.Module, inplace: bool = False, fuse_qkv: bool = True
         if not isinstance(getattr(target, "hf_quantizer", None), VanillaInt8Quantizer):  # from_pretrained set one
             target.hf_quantizer = VanillaInt8Quantizer(config, pre_quantized=False)
         target.is_quantized, target.quantization_method = True, QUANT_METHOD
+        target.save_pretrained = _StagedSave(target)
     return target
 
 
@@ -270,8 +291,7 @@ def load_int8(folder: str) -> VanillaTransformerForConditionalGeneration:
     folder and any weight the folder lacks or has in excess (from_pretrained only warns of those)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ValueError(f"{folder} has no config.json: it is not a saved model folder.")
+    check_model_folder(folder, needs_tokenizer=False)
     if not is_int8_folder(folder):
         raise ValueError(
             f"{folder} holds no int8 model saved by quantize_int8 (its config.json has no quantization_config with "

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ._validation import check_int
+
 logger = logging.getLogger(__name__)
 
 PAD_TOKEN = "<pad>"
@@ -31,14 +33,6 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
 
 _METASPACE = "▁"
-
-
-def _check_int(name: str, value: object, minimum: int, hint: str) -> None:
-    # bool is an int subclass; True as a vocabulary size is a bug, not a 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}. {hint}")
 
 
 def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
@@ -77,15 +71,15 @@ def train_bpe_tokenizer(
     `decoder_start_token_id` instead. The vocabulary can come out smaller than `vocab_size` when
     the text has fewer merges to offer; below half of it, a warning says so.
     """
-    _check_int(
+    check_int(
         "vocab_size",
         vocab_size,
         len(SPECIAL_TOKENS) + 1,
         f"It counts the {len(SPECIAL_TOKENS)} special tokens {list(SPECIAL_TOKENS)}; "
         "the paper used about 37000 for English-German.",
     )
-    _check_int("min_frequency", min_frequency, 1, "Use 1 to allow merges of pairs seen once.")
-    _check_int("model_max_length", model_max_length, 1, "It is the longest sequence the model accepts.")
+    check_int("min_frequency", min_frequency, 1, "Use 1 to allow merges of pairs seen once.")
+    check_int("model_max_length", model_max_length, 1, "It is the longest sequence the model accepts.")
 
     backend = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
     backend.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])

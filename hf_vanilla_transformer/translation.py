@@ -1,7 +1,13 @@
 """Translate with a trained model folder: batched `generate()` with the folder's decoding (§6.1's, as
 `paper_generation_config()` gives it, for a model hf-vanilla-train saved), through the `translation` pipeline
 (`pipeline_vanilla_transformer.TranslationPipeline`); `pipeline()` gives that pipeline as
-`transformers.pipeline("translation")` gave it in transformers 4."""
+`transformers.pipeline("translation")` gave it in transformers 4.
+
+Around `translate()` stand the checks of what it is handed and the report of what it did: a device this machine has
+(`check_device`), sentences the model can serve (`check_sentences`: empty ones left out, ones longer than learned
+positions refused, ones far longer than the training data warned of), and the translations that stopped at the
+output length limit, source length + 50 tokens (§6.1), before their end token (`OutputLimitWatch`, `warn_cut`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from .modeling_vanilla_transformer import max_new_tokens_for
 from .pipeline_vanilla_transformer import TranslationPipeline, custom_pipelines
 
 logger = logging.getLogger(__name__)
@@ -42,6 +49,46 @@ def paper_generation_config(
     return generation_config
 
 
+# --- loading a model ---
+
+
+def check_device(device: str | None) -> str:
+    """`device` as torch names it, when torch can use it on this machine (ValueError otherwise); None gives cuda when
+    available, else cpu."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"Device {device!r} is not a device name torch knows (cpu, cuda, cuda:1, mps).") from error
+    if parsed.type == "cpu":
+        return str(parsed)
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if accelerator is None or accelerator.type != parsed.type:
+        if parsed.type == "cuda" and torch.version.cuda is None:
+            why = f"this torch ({torch.__version__}) is built without CUDA"
+        else:
+            why = f"this machine has no {parsed.type} device torch can use"
+        other = f" or {accelerator.type}" if accelerator is not None else ""
+        raise ValueError(f"Device {device!r} is not available: {why}. Use cpu{other}.")
+    count = torch.accelerator.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"Device {device!r} is not available: this machine has {count} {parsed.type} device(s).")
+    return str(parsed)
+
+
+# transformers' VERY_LARGE_INTEGER: what `model_max_length` holds for a tokenizer whose model has no length limit.
+NO_LENGTH_LIMIT = int(1e30)
+
+
+def tokenizer_max_length(config) -> int:
+    """The longest input the model serves, for `tokenizer.model_max_length`: `max_position_embeddings` for learned
+    positions, no limit for sinusoids (they extend to any length)."""
+    if getattr(config, "position_embedding", None) == "learned":
+        return config.max_position_embeddings
+    return NO_LENGTH_LIMIT
+
+
 def load_translation_model(
     model_name_or_path: str,
     device: str | None = None,
@@ -58,14 +105,14 @@ def load_translation_model(
     tokens; few-row products timed at their first use and taken only where faster on this machine) unless
     `cpu_products=False`.
 
-    The name and the device are checked before anything loads (`checks.check_model_source`, `checks.check_device`):
+    The name and the device are checked before anything loads (`model_source.check_model_source`, `check_device`):
     a folder that does not exist or holds no model, a Hub id that is neither cached nor on the Hub, or a device this
     machine lacks fails at once with the reason. The tokenizer's `model_max_length` is set to what the model serves
-    (`checks.tokenizer_max_length`: no limit for sinusoidal positions).
+    (`tokenizer_max_length`: no limit for sinusoidal positions).
     """
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .checks import check_device, check_model_source, tokenizer_max_length
+    from .model_source import check_model_source
 
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}.")
@@ -94,6 +141,9 @@ def load_translation_model(
 
         optimize_for_cpu_inference(model)
     return model, tokenizer
+
+
+# --- translating ---
 
 
 @torch.inference_mode()
@@ -129,6 +179,165 @@ def translate(
         texts = [record["translation_text"].strip() for record in records]
         results[i] = texts if len(texts) > 1 else texts[0]
     return results
+
+
+# --- what a translation alone does not show: inputs too long, outputs cut at the length limit ---
+
+# The generation config's record of the longest training source, in tokens (hf-vanilla-train writes it).
+LONGEST_TRAINING_SOURCE = "longest_training_source"
+# A model translates text like its training data: far past the longest source it saw, translations come out short
+# or garbled (a model trained on sentences of about 30 tokens rendered 2000 words in 13).
+LONG_INPUT_FACTOR = 2
+
+
+def long_input_limit(model) -> tuple[int, str] | None:
+    """The source length (tokens) past which a translation is not to be trusted, and the reason in words: twice the
+    longest training source where the generation config records it (`LONGEST_TRAINING_SOURCE`), else the model's
+    `max_position_embeddings`, the length its config says it serves. None when neither is known."""
+    longest = getattr(model.generation_config, LONGEST_TRAINING_SOURCE, None)
+    if longest:
+        return LONG_INPUT_FACTOR * longest, f"twice the longest source the model was trained on ({longest} tokens)"
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        return positions, f"the model's max_position_embeddings ({positions})"
+    return None
+
+
+def output_limit(generation_config, source_length: int, max_new_tokens: int | None = None) -> int:
+    """The most tokens `generate()` makes for a source of `source_length` tokens: `max_new_tokens` when given, else
+    the model's rule (`max_new_tokens_for`: the config's own, or source length + 50 in §6.1's), else max_length."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    limit = max_new_tokens_for(generation_config, source_length)
+    return generation_config.max_length if limit is None else limit
+
+
+def output_limit_words(generation_config, max_new_tokens: int | None = None) -> str:
+    """`output_limit` in words: "N new tokens", "source length + N tokens" or "max_length N"."""
+    if max_new_tokens is not None:
+        return f"{max_new_tokens} new tokens"
+    # The rule is a fixed count or the source length plus one: two source lengths tell which.
+    empty, one = max_new_tokens_for(generation_config, 0), max_new_tokens_for(generation_config, 1)
+    if empty is None:
+        return f"max_length {generation_config.max_length}"
+    return f"{empty} new tokens" if one == empty else f"source length + {empty} tokens"
+
+
+def _numbers(indices: Sequence[int]) -> str:
+    indices = list(indices)
+    shown = ", ".join(str(i + 1) for i in indices[:10])
+    return shown + (", ..." if len(indices) > 10 else "")
+
+
+def check_sentences(model, tokenizer, sentences: Sequence[str], max_new_tokens: int | None = None) -> list[int]:
+    """The indices of the sentences to translate. Empty sentences are left out with a warning (their translation is
+    empty), and sentences longer than `long_input_limit` are warned of. With learned positions, a sentence longer
+    than `max_position_embeddings` tokens, or whose output limit (see `output_limit`) is, raises ValueError naming
+    it: the model cannot serve it, and nothing is truncated."""
+    empty = [i for i, sentence in enumerate(sentences) if not sentence.strip()]
+    if len(empty) == 1:
+        logger.warning("Sentence %s is empty: its translation is empty.", _numbers(empty))
+    elif empty:
+        logger.warning("Sentences %s are empty: their translations are empty.", _numbers(empty))
+    keep = sorted(set(range(len(sentences))) - set(empty))
+    if not keep:
+        return keep
+    # verbose=False: the tokenizer's own "indexing errors" warning would say less than the messages below.
+    lengths = [len(ids) for ids in tokenizer([sentences[i] for i in keep], verbose=False)["input_ids"]]
+    config = model.config
+    if getattr(config, "position_embedding", None) == "learned":
+        positions = config.max_position_embeddings
+        for i, length in zip(keep, lengths):
+            limit = output_limit(model.generation_config, length, max_new_tokens)
+            if length > positions:
+                raise ValueError(
+                    f"Sentence {i + 1} is {length} tokens long, but the model's learned positions stop at {positions} "
+                    "(max_position_embeddings): shorten it or split it."
+                )
+            if limit > positions:
+                raise ValueError(
+                    f"Sentence {i + 1} ({length} tokens) has an output limit of {limit} tokens, but the model's "
+                    f"learned positions stop at {positions} (max_position_embeddings): shorten it or split it, or set "
+                    f"max_new_tokens to {positions} or less."
+                )
+    _warn_long(model, keep, lengths)
+    return keep
+
+
+def _warn_long(model, indices: Sequence[int], lengths: Sequence[int]) -> None:
+    rule = long_input_limit(model)
+    if rule is None:
+        return
+    limit, reason = rule
+    long = [(i, length) for i, length in zip(indices, lengths) if length > limit]
+    if not long:
+        return
+    which = f"Sentence {long[0][0] + 1} is {long[0][1]} tokens long"
+    if len(long) > 1:
+        which = f"Sentences {_numbers([i for i, _ in long])} are up to {max(n for _, n in long)} tokens long"
+    logger.warning(
+        "%s, more than %s: expect a translation cut short or wrong, and split long text into sentences.", which, reason
+    )
+
+
+class OutputLimitWatch:
+    """While active (`with OutputLimitWatch(model) as watch:`), records the sources whose generated sequence stopped at
+    the length limit without an end token; `watch.cut(tokenizer, sentences)` gives their indices afterwards.
+
+    It wraps the model's `generate` for the time being (an attribute of the instance, removed on exit), because the
+    pipeline that translates returns text only, and text does not show whether the end token came."""
+
+    def __init__(self, model):
+        self.model = model
+        self._cut_sources: set[tuple[int, ...]] = set()
+
+    def __enter__(self) -> OutputLimitWatch:
+        generate = self.model.generate
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:  # nothing marks an end: nothing to watch
+            return self
+        eos = torch.tensor(eos if isinstance(eos, list) else [eos])
+
+        def watched_generate(*args, **kwargs):
+            output = generate(*args, **kwargs)
+            source = args[0] if args else kwargs.get("input_ids")
+            sequences = output if isinstance(output, torch.Tensor) else getattr(output, "sequences", None)
+            if source is None or sequences is None:
+                return output
+            mask = kwargs.get("attention_mask")
+            mask = torch.ones_like(source) if mask is None else mask
+            ended = torch.isin(sequences[:, 1:], eos.to(sequences.device)).any(-1)
+            ended = ended.view(source.shape[0], -1).all(-1)  # every returned sequence of the source ended
+            for ids, keep, done in zip(source.tolist(), mask.bool().tolist(), ended.tolist()):
+                if not done:
+                    self._cut_sources.add(tuple(i for i, k in zip(ids, keep) if k))
+            return output
+
+        self.model.generate = watched_generate
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if "generate" in vars(self.model):
+            del self.model.generate  # the class's generate again
+
+    def cut(self, tokenizer, sentences: Sequence[str], indices: Sequence[int] | None = None) -> list[int]:
+        """The indices (among `indices`, default all) of the sentences whose translation was cut at the limit."""
+        if not self._cut_sources:
+            return []
+        indices = range(len(sentences)) if indices is None else indices
+        encoded = tokenizer([sentences[i] for i in indices], verbose=False)["input_ids"]
+        return [i for i, ids in zip(indices, encoded) if tuple(ids) in self._cut_sources]
+
+
+def warn_cut(cut: Sequence[int], max_new_tokens: int | None, generation_config) -> None:
+    """The warning for translations that stopped at the output length limit."""
+    if not cut:
+        return
+    which = f"translation{'s' if len(cut) > 1 else ''} of sentence{'s' if len(cut) > 1 else ''} {_numbers(cut)}"
+    logger.warning(
+        "The %s stopped at the output length limit (%s) without an end token: cut short, probably. Raise "
+        "max_new_tokens, or split the input.", which, output_limit_words(generation_config, max_new_tokens),
+    )  # fmt: skip
 
 
 def pipeline(task: str | None = None, model=None, config=None, pipeline_class=None, **kwargs):

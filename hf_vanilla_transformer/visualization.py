@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .model_source import check_model_folder
 from .modeling_vanilla_transformer import sinusoid_table
 
 logger = logging.getLogger(__name__)
@@ -478,11 +479,7 @@ def plot_training_curves(source: str | os.PathLike | list[dict], path: str | os.
 
 def load_model(folder: str | os.PathLike, device: str | None = None):
     """(model, tokenizer) from a trained model folder, with a clear error when it is not one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Model folder {folder} does not exist (train one with hf-vanilla-train).")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: it is not a saved model folder.")
+    folder = check_model_folder(folder)
     from .translation import load_translation_model
 
     return load_translation_model(str(folder), device=device)

@@ -130,10 +130,10 @@ def test_too_long_example_names_index_and_length():
         ({"lengths": [1.5, 2.0]}, TypeError, "must hold ints"),
         ({"lengths": [[1, 2, 3]]}, ValueError, r"shape \(1, 3\)"),
         ({"lengths": [3, 0]}, ValueError, "Example 1 has length 0"),
-        ({"max_tokens": 0}, ValueError, "max_tokens must be positive"),
+        ({"max_tokens": 0}, ValueError, "max_tokens must be at least 1"),
         ({"max_tokens": 10.0}, TypeError, "max_tokens must be an int"),
         ({"num_replicas": 2, "rank": 2}, ValueError, r"rank must lie in \[0, num_replicas\)"),
-        ({"bucket_size": 0}, ValueError, "bucket_size must be positive"),
+        ({"bucket_size": 0}, ValueError, "bucket_size must be at least 1"),
     ],
 )
 def test_invalid_arguments(kwargs, error, pattern):

@@ -298,14 +298,14 @@ def test_quality_table_averages_the_seeds_of_each_pair_and_model(tmp_path):
         quality_table.main(["--results_dir", str(tmp_path), "--steps", "200"])
 
 
-def write_mo(path: Path, messages: dict[str, str]) -> None:
+def write_mo(path: Path, messages: dict[str, str], encoding: str = "utf-8") -> None:
     """A GNU gettext catalogue: a header of 32-bit words, two tables of (length, offset), then the strings."""
     items = sorted(messages.items())
     start = 28 + 16 * len(items)
     tables, blob = [[], []], b""
     for side in (0, 1):
         for item in items:
-            text = item[side].encode()
+            text = item[side].encode(encoding)
             tables[side].append(struct.pack("<2I", len(text), start + len(blob)))
             blob += text + b"\0"
     header = struct.pack("<7I", 0x950412DE, 0, len(items), 28, 28 + 8 * len(items), 0, 0)
@@ -341,6 +341,36 @@ def test_a_corpus_of_any_size_from_the_catalogues_has_no_line_twice(catalogues):
     assert len(lines) == len(set(lines)) == 10
     assert sorted(lines[:4]) == pairs  # the real pairs first, then numbered rounds
     assert all(english.endswith(" (2)") and foreign.endswith(" (2)") for english, foreign in lines[4:8])
+
+
+def test_the_quality_corpus_holds_every_pair_once_split_by_its_english_side(tmp_path, catalogues):
+    from build_corpus import in_test_split, main
+
+    many = {f"Open file number {i}": f"Abrir el archivo número {i}" for i in range(300)}
+    write_mo(catalogues / "xx" / "LC_MESSAGES" / "many.mo", {"": "Content-Type: text/plain; charset=UTF-8\n", **many})
+    latin = {"": "Content-Type: text/plain; charset=ISO-8859-1\n", "Turn the page": "Pasar la página"}
+    write_mo(catalogues / "xx" / "LC_MESSAGES" / "latin.mo", latin, encoding="latin-1")
+    main([str(tmp_path / "corpus"), "--lang", "xx", "--locale_root", str(catalogues)])
+
+    def read(split: str) -> list[tuple[str, str]]:
+        lines = (tmp_path / "corpus" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        return [(pair["en"], pair["xx"]) for pair in (json.loads(line)["translation"] for line in lines)]
+
+    train, test = read("train"), read("test")
+    assert sorted(train + test) == sorted([*many.items(), ("Turn the page", "Pasar la página"),
+        ("Close the window", "Cerrar la ventana"), ("Open the file", "Abrir el archivo"),
+        ("Print the page", "Imprimir la página"), ("Save the file", "Guardar el archivo")])  # fmt: skip
+    assert 0 < len(test) < 0.05 * len(train)  # about 2%
+    assert all(in_test_split(english) for english, _ in test) and not any(in_test_split(e) for e, _ in train)
+    assert not list((tmp_path / "corpus").glob("*.partial"))
+
+
+def test_the_quality_corpus_refuses_a_language_too_small_to_split(tmp_path, catalogues):
+    from build_corpus import main
+
+    with pytest.raises(SystemExit, match="too few for a split"):
+        main([str(tmp_path / "corpus"), "--lang", "xx", "--locale_root", str(catalogues), "--test_percent", "1"])
+    assert not (tmp_path / "corpus").exists()
 
 
 def test_the_scale_benchmark_times_every_stage_of_both_modes(tmp_path, catalogues):

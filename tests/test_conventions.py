@@ -143,16 +143,17 @@ def _training_loss(trainer_class, model, smoothing: float) -> torch.Tensor:
 
 def test_trainer_label_smoothing_factor_is_fused_into_the_models_loss():
     source, mask, labels, _ = batch()
+    sharp = {"init_scheme": "xavier"}  # logits far from uniform, so that smoothing changes the loss
     with torch.no_grad():
-        logits = build("vanilla")(input_ids=source, attention_mask=mask, labels=labels).logits
+        logits = build("vanilla", **sharp)(input_ids=source, attention_mask=mask, labels=labels).logits
     expected = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100, label_smoothing=0.1)
     # transformers' own label smoother (every logit) and ours (fused into the chunked loss) give the same number.
-    plain, plain_trainer = _training_loss(Seq2SeqTrainer, build("vanilla"), 0.1)
-    fused, fused_trainer = _training_loss(VanillaSeq2SeqTrainer, build("vanilla"), 0.1)
+    plain, plain_trainer = _training_loss(Seq2SeqTrainer, build("vanilla", **sharp), 0.1)
+    fused, fused_trainer = _training_loss(VanillaSeq2SeqTrainer, build("vanilla", **sharp), 0.1)
     assert plain_trainer.label_smoother is not None and fused_trainer.label_smoother is None
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
-    unsmoothed, _ = _training_loss(VanillaSeq2SeqTrainer, build("vanilla"), 0.0)
+    unsmoothed, _ = _training_loss(VanillaSeq2SeqTrainer, build("vanilla", **sharp), 0.0)
     plain_expected = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(unsmoothed, plain_expected, atol=1e-5, rtol=0)
     assert abs(plain_expected - expected) > 0.01  # the two really differ

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import hf_vanilla_transformer.cli.train as entry
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
-from hf_vanilla_transformer.data import load_builtin_dataset
+from hf_vanilla_transformer.builtin_task import load_builtin_dataset
 
 RECORDING_TRAIN = '''
 """hf-vanilla-train's main() with a trainer that writes down what every process trains on."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "make_figures.py"

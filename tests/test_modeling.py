@@ -775,6 +775,21 @@ def test_xavier_init_is_glorot_uniform(tiny_model):
     assert abs(embed[1:].std().item() - 64**-0.5) < 0.1 * 64**-0.5
 
 
+def test_a_default_model_starts_from_n0_002_everywhere_as_marian_does():
+    """Issue 22: with the earlier "xavier" default the post-LN model learned far slower than MarianMTModel."""
+    torch.manual_seed(0)
+    config = modeling.VanillaTransformerConfig(
+        vocab_size=500, d_model=64, d_ff=256, num_heads=4, encoder_layers=2, decoder_layers=2
+    )
+    model = modeling.VanillaTransformerForConditionalGeneration(config)
+    assert (config.init_scheme, config.init_std) == ("normal", 0.02)
+    for linear in _layer_linears(model):
+        assert abs(linear.weight.std().item() - 0.02) < 0.002 and torch.all(linear.bias == 0)
+    embed = model.model.encoder.embed_tokens.weight.detach()
+    assert torch.all(embed[0] == 0) and abs(embed[1:].std().item() - 0.02) < 0.001
+    assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
+
+
 def test_normal_init_uses_init_std(tiny_model):
     model = tiny_model(d_model=64, d_ff=256, num_heads=4, init_scheme="normal", init_std=0.05)
     for linear in _layer_linears(model) + [model.model.encoder.embed_tokens]:

@@ -91,6 +91,34 @@ def test_a_reloaded_int8_model_saves_the_same_folder_and_a_float_folder_quantise
         assert torch.equal(loaded(input_ids=source, decoder_input_ids=source).logits, expected)
 
 
+def test_an_int8_save_that_fails_midway_leaves_no_partial_folder(tiny_model, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    def folder(path):
+        return {p.name: p.read_bytes() for p in path.iterdir()}
+
+    quantize_int8(tiny_model()).save_pretrained(tmp_path / "kept")
+    kept = folder(tmp_path / "kept")
+    other = quantize_int8(tiny_model(d_ff=48))  # another config.json: a partial save would show
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "kept")  # the quantizer's model saves the same way
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    # The weights are written after config.json and generation_config.json: the save fails halfway through.
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    for model in (other, reloaded):
+        for target in (tmp_path / "new", tmp_path / "kept"):
+            with pytest.raises(OSError, match="disk full"):
+                model.save_pretrained(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # no new folder, no staging folder left
+    assert folder(tmp_path / "kept") == kept  # the previous int8 model, whole
+    monkeypatch.undo()
+    other.save_pretrained(tmp_path / "kept")  # an existing folder gets the new files, each in one rename
+    assert load_int8(tmp_path / "kept").config.d_ff == 48
+    assert sorted(folder(tmp_path / "kept")) == sorted(kept)
+
+
 def test_an_int8_folder_loads_on_the_cpu_only_and_a_plain_folder_refuses_load_int8(tiny_model, tmp_path):
     model = tiny_model(d_model=32, d_ff=64, num_heads=4)
     quantize_int8(model).save_pretrained(tmp_path / "int8")

@@ -12,7 +12,8 @@ import transformers
 from transformers import DataCollatorForSeq2Seq, EvalPrediction, Seq2SeqTrainingArguments, get_scheduler
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, preprocess_dataset
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.data import preprocess_dataset
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import (
     VanillaSeq2SeqTrainer,

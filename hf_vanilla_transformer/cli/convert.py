@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hf_vanilla_transformer._io import staged_folder
-from hf_vanilla_transformer.checks import check_model_source
+from hf_vanilla_transformer._io import check_free, staged_folder
 from hf_vanilla_transformer.cli._errors import ArgumentParser, console_script
+from hf_vanilla_transformer.model_source import check_model_source
 
 logger = logging.getLogger("hf_vanilla_transformer.convert")
 
@@ -28,8 +28,7 @@ def convert(source: str, output_dir: str) -> Path:
     from hf_vanilla_transformer.convert_marian import from_marian
 
     output = Path(output_dir)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"{output} already exists and is not an empty folder; choose a new output folder.")
+    check_free(output)  # before the conversion, and again before the rename
     model = from_marian(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

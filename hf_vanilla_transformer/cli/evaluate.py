@@ -15,29 +15,13 @@ import json
 import logging
 from pathlib import Path
 
+from hf_vanilla_transformer.cli._data import load_data
 from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
 from hf_vanilla_transformer.cli.translate import add_generation_arguments, generation_kwargs, translate_checked
 
 
 def load_test_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset, load_parallel_data
-
-    if args.test_file or args.dataset_name:
-        if not (args.source_lang and args.target_lang):
-            raise ValueError("Give --source_lang and --target_lang with --test_file or --dataset_name.")
-        data = load_parallel_data(
-            dataset_name=args.dataset_name,
-            dataset_config_name=args.dataset_config_name,
-            test_file=args.test_file,
-            source_lang=args.source_lang,
-            target_lang=args.target_lang,
-            source_column=args.source_column,
-            target_column=args.target_column,
-        )
-        source_lang, target_lang = args.source_lang, args.target_lang
-    else:
-        data = load_builtin_dataset(seed=args.builtin_seed)
-        source_lang, target_lang = SOURCE_LANG, TARGET_LANG
+    data, source_lang, target_lang = load_data(args)
     if args.split not in data:
         raise ValueError(f"The data has no split {args.split!r}; it has {sorted(data)}.")
     pairs = data[args.split]["translation"]

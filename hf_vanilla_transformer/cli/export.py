@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hf_vanilla_transformer.checks import check_model_source
 from hf_vanilla_transformer.cli._errors import ArgumentParser, console_script
 from hf_vanilla_transformer.ctranslate2_export import QUANTIZATIONS
+from hf_vanilla_transformer.model_source import check_model_source
 
 
 def run(argv: list[str] | None = None) -> Path:

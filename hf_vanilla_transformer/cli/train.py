@@ -1,11 +1,12 @@
 """hf-vanilla-train's run: data, tokenizer, model, `VanillaSeq2SeqTrainer`, the final model, its test scores and card.
 
-What the command takes (its options, the recipes) is `train_arguments.py`, which the console script reads first,
+What the command takes (its options, the recipes) is `train_options.py`, which the console script reads first,
 without torch or transformers; `parse_args` here parses the same command line into transformers' dataclasses.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -14,6 +15,7 @@ import shlex
 import shutil
 import sys
 import time
+from typing import NamedTuple
 
 import datasets
 import torch
@@ -29,10 +31,16 @@ from transformers import (
 
 from hf_vanilla_transformer import VanillaTransformerConfig, table3_config, table3_training_arguments
 from hf_vanilla_transformer._io import publish_folder
-from hf_vanilla_transformer.checks import LONGEST_TRAINING_SOURCE, check_model_source, tokenizer_max_length
+from hf_vanilla_transformer.cli._data import load_data
 from hf_vanilla_transformer.cli._errors import OneLineErrors, console_script
-from hf_vanilla_transformer.cli._output_folder import plan_output_folder, remove_previous_run, write_results
-from hf_vanilla_transformer.cli.train_arguments import (
+from hf_vanilla_transformer.cli._output_folder import (
+    OutputPlan,
+    plan_output_folder,
+    remove_previous_run,
+    write_results,
+)
+from hf_vanilla_transformer.cli.model_card import write_run_card
+from hf_vanilla_transformer.cli.train_options import (
     DEFAULT_OUTPUT_DIR,
     PROJECT_ARGUMENTS,
     DataArguments,
@@ -42,18 +50,9 @@ from hf_vanilla_transformer.cli.train_arguments import (
     read_command_line,
     recipe_first,
 )
-from hf_vanilla_transformer.cli.train_arguments import __doc__ as COMMAND_HELP
-from hf_vanilla_transformer.data import (
-    SOURCE_LANG,
-    TARGET_LANG,
-    load_builtin_dataset,
-    load_parallel_data,
-    longest_source,
-    preprocess_dataset,
-    stream_share,
-    tokenizer_training_texts,
-)
-from hf_vanilla_transformer.model_card import write_run_card
+from hf_vanilla_transformer.cli.train_options import __doc__ as COMMAND_HELP
+from hf_vanilla_transformer.data import longest_source, preprocess_dataset, stream_share, tokenizer_training_texts
+from hf_vanilla_transformer.model_source import check_model_source
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import (
     STAGING_DIR,
@@ -63,30 +62,55 @@ from hf_vanilla_transformer.training import (
     paper_learning_rate,
     translation_scores,
 )
-from hf_vanilla_transformer.translation import paper_generation_config, translate
+from hf_vanilla_transformer.translation import (
+    LONGEST_TRAINING_SOURCE,
+    paper_generation_config,
+    tokenizer_max_length,
+    translate,
+)
 
 logger = logging.getLogger("hf_vanilla_transformer.train")
 
+
 class TrainArgumentParser(OneLineErrors, HfArgumentParser):
     """hf-vanilla-train's arguments into this project's three dataclasses and the Trainer's; errors are one line
-    (its --help and --help_trainer are `train_arguments.CommandLine`'s)."""
+    (its --help and --help_trainer are `train_options.CommandLine`'s). `names`: every option's name, the fields."""
 
     def __init__(self):
+        classes = (*PROJECT_ARGUMENTS, Seq2SeqTrainingArguments)
         super().__init__(
-            (*PROJECT_ARGUMENTS, Seq2SeqTrainingArguments),
+            classes,
             prog="hf-vanilla-train",
             usage="%(prog)s [RECIPE.json|RECIPE.yaml] [--option VALUE ...]",
             description=COMMAND_HELP,
         )
+        # HfArgumentParser makes an option of each field that __init__ takes, named after it.
+        self.names = {field.name for kind in classes for field in dataclasses.fields(kind) if field.init}
+
+    def given(self, argv: list[str]) -> set[str]:
+        """The names of the options `argv` gives a value, whatever their spelling (--max-steps 5, --max_steps=5):
+        `argv` parsed into a namespace where every option starts out unset, so that a default never counts."""
+        unset = object()
+        parsed, _ = self.parse_known_args(argv, namespace=argparse.Namespace(**dict.fromkeys(self.names, unset)))
+        return {name for name, value in vars(parsed).items() if value is not unset}
 
 
-def parse_args(argv: list[str] | None = None):
+class Arguments(NamedTuple):
+    """hf-vanilla-train's arguments, parsed: this project's three groups and the Trainer's."""
+
+    model: ModelArguments
+    data: DataArguments
+    recipe: RecipeArguments
+    training: Seq2SeqTrainingArguments
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
     """Recipe values become defaults; command-line arguments override them. A mistake is said before torch and
-    transformers are imported (`train_arguments.read_command_line`)."""
+    transformers are imported (`train_options.read_command_line`)."""
     argv = recipe_first(list(sys.argv[1:] if argv is None else argv))
     probe, recipe_name, recipe = read_command_line(argv)
     parser = TrainArgumentParser()
-    check_recipe_names(recipe_name, recipe, {a.dest for a in parser._actions})
+    check_recipe_names(recipe_name, recipe, parser.names)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
         # accelerate sets up processes on CPUs (gloo, MULTI_CPU) only with use_cpu; without it, `torchrun
         # --nproc_per_node N` would start N separate trainings, each on all the data, writing the same files.
@@ -100,9 +124,9 @@ def parse_args(argv: list[str] | None = None):
     *arguments, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if unused:
         parser.error(f"unrecognized arguments: {' '.join(unused)}")
-    model_args, data_args, recipe_args, training_args = arguments
-    recipe_args.recipe = recipe_name
-    return model_args, data_args, recipe_args, training_args
+    args = Arguments(*arguments)
+    args.recipe.recipe = recipe_name
+    return args
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -126,31 +150,6 @@ def parse_overrides(text: str | None) -> dict:
             f"it has {', '.join(VanillaTransformerConfig.__annotations__)}."
         )
     return values
-
-
-def load_data(data_args: DataArguments, cache_dir: str | None):
-    """The raw DatasetDict (translation column) and the two language keys."""
-    if not (data_args.dataset_name or data_args.train_file):
-        if data_args.source_lang or data_args.target_lang:
-            logger.warning("No data given: the built-in task (%s -> %s) ignores --source_lang/--target_lang.", SOURCE_LANG, TARGET_LANG)
-        raw = load_builtin_dataset(seed=data_args.builtin_seed, train_size=data_args.builtin_train_size)
-        return raw, SOURCE_LANG, TARGET_LANG
-    if not (data_args.source_lang and data_args.target_lang):
-        raise ValueError("Pass --source_lang and --target_lang (e.g. --source_lang en --target_lang de) with your data.")
-    raw = load_parallel_data(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        test_file=data_args.test_file,
-        source_lang=data_args.source_lang,
-        target_lang=data_args.target_lang,
-        source_column=data_args.source_column,
-        target_column=data_args.target_column,
-        streaming=data_args.streaming,
-        cache_dir=cache_dir,
-    )
-    return raw, data_args.source_lang, data_args.target_lang
 
 
 def _limit(dataset, limit: int | None):
@@ -205,7 +204,7 @@ def built_once(training_args, build):
     return built[0]
 
 
-def build_model(model_args: ModelArguments, training_args, tokenizer):
+def build_model(model_args: ModelArguments, tokenizer):
     if model_args.model_name_or_path:
         model = AutoModelForSeq2SeqLM.from_pretrained(
             model_args.model_name_or_path, cache_dir=model_args.cache_dir, attn_implementation=model_args.attn_implementation
@@ -246,9 +245,8 @@ def model_config(model_args: ModelArguments, tokenizer):
 
 
 def command_line_names(argv: list[str] | None) -> set[str]:
-    """The option names (without dashes) written on the command line, e.g. {'learning_rate', 'max_steps'}."""
-    argv = sys.argv[1:] if argv is None else argv
-    return {item[2:].split("=", 1)[0] for item in argv if item.startswith("--")}
+    """The option names the command line gives, e.g. {'learning_rate', 'max_steps'} (what it sets over a recipe)."""
+    return TrainArgumentParser().given(recipe_first(list(sys.argv[1:] if argv is None else argv)))
 
 
 def resolve_schedule(recipe_args: RecipeArguments, training_args, d_model: int, given: set[str]) -> None:
@@ -340,27 +338,34 @@ def interrupted(trainer, argv: list[str] | None) -> str:
     return f"{stopped}; the last checkpoint is {checkpoint}. Resume from it with: {command}"
 
 
-def run(argv: list[str] | None = None) -> dict:
-    model_args, data_args, recipe_args, training_args = parse_args(argv)
+# --- the run, step by step ---
+
+
+def start_run(args: Arguments) -> None:
+    """Refuse a launch the Trainer did not set up as launched; then logging and the seed."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if training_args.world_size != launched:
+    if args.training.world_size != launched:
         raise ValueError(
-            f"Launched as {launched} processes, but the Trainer set up {training_args.world_size}: they would each "
+            f"Launched as {launched} processes, but the Trainer set up {args.training.world_size}: they would each "
             "train alone and overwrite each other's files. On CPUs pass --use_cpu (the default there)."
         )
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if training_args.should_log else logging.WARNING,
+        level=logging.INFO if args.training.should_log else logging.WARNING,
         datefmt="%H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_warning()
-    logger.info("Recipe %s; output in %s", recipe_args.recipe, training_args.output_dir)
-    set_seed(training_args.seed)
-    started = time.time()
+    logger.info("Recipe %s; output in %s", args.recipe.recipe, args.training.output_dir)
+    set_seed(args.training.seed)
 
-    # Everything that can be wrong with the inputs fails here, before the output folder is touched.
+
+def check_inputs(args: Arguments) -> OutputPlan:
+    """Everything that can be wrong with the inputs fails here, before the output folder is touched: the config
+    overrides, the model and tokenizer names, and the output folder (a finished run, or one of another model, is
+    refused). Returns what the output folder holds: a run to resume, or room for a new one."""
+    model_args, training_args = args.model, args.training
     parse_overrides(model_args.config_overrides)  # a typo fails now, not after the tokenizer is trained
     if model_args.model_name_or_path:  # a mistyped folder fails now, not after a minute of Hub retries
         check_model_source(
@@ -368,9 +373,9 @@ def run(argv: list[str] | None = None) -> dict:
         )
     if model_args.tokenizer_name:
         check_model_source(model_args.tokenizer_name, needs_config=False, cache_dir=model_args.cache_dir)
-    plan = plan_output_folder(  # a finished run, or one of another model, is refused here
+    return plan_output_folder(
         training_args.output_dir,
-        overwrite=recipe_args.overwrite_output_dir,
+        overwrite=args.recipe.overwrite_output_dir,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
         do_train=training_args.do_train,
         max_steps=training_args.max_steps,
@@ -378,36 +383,47 @@ def run(argv: list[str] | None = None) -> dict:
         asked_config=lambda tokenizer: model_config(model_args, tokenizer),
         named_tokenizer=lambda: named_tokenizer(model_args),
     )
-    raw, source_lang, target_lang = load_data(data_args, model_args.cache_dir)
-    if "train" not in raw and training_args.do_train:
-        raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
-    tokenizer = plan.tokenizer  # a resumed run's own
-    if tokenizer is None and (model_args.tokenizer_name or model_args.model_name_or_path):
-        tokenizer = named_tokenizer(model_args)
-    elif tokenizer is None:
-        # Trained once, by the main process: the others get the same tokenizer, so the datasets cache they look up
-        # (keyed by it) is the one the main process wrote.
-        tokenizer = built_once(
-            training_args,
-            lambda: build_tokenizer(
-                model_args, raw["train"], source_lang, target_lang, data_args.streaming, training_args.seed
-            ),
-        )
-    model = build_model(model_args, training_args, tokenizer)
-    tokenizer.model_max_length = tokenizer_max_length(model.config)  # saved with it: no limit for sinusoids
-    resolve_label_smoothing(model_args, training_args, command_line_names(argv))
-    resolve_schedule(recipe_args, training_args, model.config.d_model, command_line_names(argv))
+
+
+def choose_tokenizer(args: Arguments, plan: OutputPlan, raw, source_lang: str, target_lang: str):
+    """A resumed run's own tokenizer, the one the arguments name, or a new shared BPE one."""
+    if plan.tokenizer is not None:
+        return plan.tokenizer
+    if args.model.tokenizer_name or args.model.model_name_or_path:
+        return named_tokenizer(args.model)
+    # Trained once, by the main process: the others get the same tokenizer, so the datasets cache they look up
+    # (keyed by it) is the one the main process wrote.
+    return built_once(
+        args.training,
+        lambda: build_tokenizer(
+            args.model, raw["train"], source_lang, target_lang, args.data.streaming, args.training.seed
+        ),
+    )
+
+
+def settle_training_and_decoding(args: Arguments, model, given: set[str]) -> None:
+    """The label smoothing and the schedule the run trains with (`given`, the command line's options, win over the
+    recipe), and the decoding saved with the model: §6.1's, or a pretrained model's own unless the command line
+    sets one."""
+    resolve_label_smoothing(args.model, args.training, given)
+    resolve_schedule(args.recipe, args.training, model.config.d_model, given)
+    recipe_args = args.recipe
     if recipe_args.num_beams < 1:
         raise ValueError(f"--num_beams must be at least 1 (1 is greedy search), got {recipe_args.num_beams}.")
     decoding = {"num_beams", "length_penalty", "max_new_tokens_beyond_source"}
-    if model_args.model_name_or_path and not decoding & command_line_names(argv):
+    if args.model.model_name_or_path and not decoding & given:
         # A pretrained model (a converted Marian one, say) keeps its own decoding, bad_words_ids and all.
-        logger.info("Decoding with %s's own generation config.", model_args.model_name_or_path)
+        logger.info("Decoding with %s's own generation config.", args.model.model_name_or_path)
     else:
         model.generation_config = paper_generation_config(
             model.config, recipe_args.num_beams, recipe_args.length_penalty, recipe_args.max_new_tokens_beyond_source
         )
 
+
+def prepare_data(args: Arguments, raw, tokenizer, source_lang: str, target_lang: str):
+    """The splits cut to the --max_*_samples asked for (a stream shared out among the processes), then tokenized and
+    filtered. Returns the cut splits, the processed ones and the filter's counts."""
+    data_args, training_args = args.data, args.training
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
     raw = type(raw)({k: _limit(v, limits.get(k)) for k, v in raw.items()})  # a DatasetDict or IterableDatasetDict
     if data_args.streaming and "train" in raw:  # each process reads, tokenizes and trains on its own share
@@ -428,18 +444,26 @@ def run(argv: list[str] | None = None) -> dict:
         logger.info("Data after filtering: %s", stats)
     if training_args.do_train and not data_args.streaming and len(processed["train"]) == 0:
         raise ValueError("No training pairs are left after filtering; see the counts above (raise --max_source_length?).")
+    return raw, processed, stats
+
+
+def record_longest_source(args: Arguments, model, processed) -> None:
+    """The longest training source, in tokens, in the generation config (`LONGEST_TRAINING_SOURCE`), for
+    check_sentences, which warns of inputs far longer; a stream is bounded by the filter only. A pretrained model
+    without a record saw sources of unknown length and keeps none."""
     recorded = getattr(model.generation_config, LONGEST_TRAINING_SOURCE, None)
-    if training_args.do_train and (recorded or not model_args.model_name_or_path):
-        # Saved for check_sentences, which warns of inputs far longer; a stream is bounded by the filter only. A
-        # pretrained model without a record saw sources of unknown length and keeps none.
-        longest = data_args.max_source_length if data_args.streaming else longest_source(processed["train"])
+    if args.training.do_train and (recorded or not args.model.model_name_or_path):
+        longest = args.data.max_source_length if args.data.streaming else longest_source(processed["train"])
         setattr(model.generation_config, LONGEST_TRAINING_SOURCE, max(longest, recorded or 0))
 
+
+def make_trainer(args: Arguments, model, tokenizer, processed, stats) -> VanillaSeq2SeqTrainer:
+    training_args = args.training
     eval_split = processed.get("validation")
     if eval_split is None and training_args.eval_strategy != "no":
         logger.warning("No validation split: evaluation during training is turned off.")
         training_args.eval_strategy = "no"
-    trainer = VanillaSeq2SeqTrainer(
+    return VanillaSeq2SeqTrainer(
         model=model,
         args=training_args,
         train_dataset=processed.get("train"),
@@ -447,62 +471,92 @@ def run(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=make_compute_metrics(tokenizer),
-        max_tokens_per_batch=recipe_args.max_tokens_per_batch,
-        shuffle_buffer_size=data_args.shuffle_buffer_size,
-        stream_filter_stats=stats.get("train") if data_args.streaming else None,
+        max_tokens_per_batch=args.recipe.max_tokens_per_batch,
+        shuffle_buffer_size=args.data.shuffle_buffer_size,
+        stream_filter_stats=stats.get("train") if args.data.streaming else None,
     )
 
-    results = {}
-    if training_args.do_train:
-        if plan.overwrite and training_args.should_save:
-            remove_previous_run(training_args.output_dir)
-        trainer.accelerator.wait_for_everyone()
-        checkpoint = plan.checkpoint
-        if checkpoint:
-            logger.info(
-                "Resuming from %s (step %d), with its tokenizer: %s holds a run of the same model with steps left "
-                "to train (--overwrite_output_dir would start again from scratch).",
-                checkpoint, plan.step, training_args.output_dir,
-            )  # fmt: skip
-        try:
-            train_result = trainer.train(resume_from_checkpoint=checkpoint)
-            save_final(trainer, tokenizer, training_args.output_dir)
-        except BaseException as error:
-            close_progress_bar(trainer)  # first, so that the one line about what happened is not drawn over
-            if isinstance(error, KeyboardInterrupt):
-                raise KeyboardInterrupt(interrupted(trainer, argv)) from None
-            raise
-        # A run resumed at its last step trains nothing and has no figures (train_result.metrics is empty).
-        results.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()})
 
-    test_split = processed.get("test")
-    if test_split is not None and training_args.should_save:
-        pairs = [example["translation"] for example in raw["test"]]  # a streamed test split is read in whole here
-        if pairs:
-            sources = [pair[source_lang] for pair in pairs]
-            references = [pair[target_lang] for pair in pairs]
-            model.eval()
-            hypotheses = translate(
-                model, tokenizer, sources, batch_size=training_args.per_device_eval_batch_size, progress=True
-            )
-            scores = translation_scores(hypotheses, references)
-            results.update({f"test_{k}": v for k, v in scores.items()})
-            results["test_samples"] = len(references)
-            print("\nSample translations from the held-out test split:")
-            for src, hyp, ref in list(zip(sources, hypotheses, references))[: recipe_args.num_samples_to_show]:
-                mark = "ok " if hyp == ref else "ERR"
-                print(f"  [{mark}] {src}\n        -> {hyp}\n   ref: {ref}")
-    results["total_seconds"] = round(time.time() - started, 1)
-    if training_args.should_save:
-        write_run_card(
-            trainer, model_args=model_args, data_args=data_args, recipe_args=recipe_args, raw=raw, stats=stats,
-            results=results, source_lang=source_lang, target_lang=target_lang,
+def train_and_save(trainer, plan: OutputPlan, tokenizer, argv: list[str] | None) -> dict:
+    """Train (from scratch, or resumed where the plan says), save the final model into the output folder, and return
+    the training figures. Ctrl-C ends the run with one line: where it can be resumed from, and how."""
+    output_dir = trainer.args.output_dir
+    if plan.overwrite and trainer.args.should_save:
+        remove_previous_run(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    if plan.checkpoint:
+        logger.info(
+            "Resuming from %s (step %d), with its tokenizer: %s holds a run of the same model with steps left "
+            "to train (--overwrite_output_dir would start again from scratch).",
+            plan.checkpoint, plan.step, output_dir,
         )  # fmt: skip
-        write_results(training_args.output_dir, results)  # last: the folder now holds a finished run
-        print("\nFinal scores:", json.dumps({k: v for k, v in results.items() if not k.endswith("signature")}, indent=2))
-        if "test_bleu_signature" in results:
-            print("sacreBLEU signature:", results["test_bleu_signature"])
-        print(f"Model folder: {training_args.output_dir}")
+    try:
+        train_result = trainer.train(resume_from_checkpoint=plan.checkpoint)
+        save_final(trainer, tokenizer, output_dir)
+    except BaseException as error:
+        close_progress_bar(trainer)  # first, so that the one line about what happened is not drawn over
+        if isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt(interrupted(trainer, argv)) from None
+        raise
+    # A run resumed at its last step trains nothing and has no figures (train_result.metrics is empty).
+    return {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
+
+
+def score_test_split(args: Arguments, model, tokenizer, test_split, source_lang: str, target_lang: str) -> dict:
+    """The test split translated with the saved decoding and scored (sacreBLEU, chrF, exact match); a few of its
+    translations are printed."""
+    pairs = [example["translation"] for example in test_split]  # a streamed test split is read in whole here
+    if not pairs:
+        return {}
+    sources = [pair[source_lang] for pair in pairs]
+    references = [pair[target_lang] for pair in pairs]
+    model.eval()
+    batch_size = args.training.per_device_eval_batch_size
+    hypotheses = translate(model, tokenizer, sources, batch_size=batch_size, progress=True)
+    scores = {f"test_{k}": v for k, v in translation_scores(hypotheses, references).items()}
+    scores["test_samples"] = len(references)
+    print("\nSample translations from the held-out test split:")
+    for src, hyp, ref in list(zip(sources, hypotheses, references))[: args.recipe.num_samples_to_show]:
+        mark = "ok " if hyp == ref else "ERR"
+        print(f"  [{mark}] {src}\n        -> {hyp}\n   ref: {ref}")
+    return scores
+
+
+def finish_run(args: Arguments, trainer, results: dict, raw, stats, source_lang: str, target_lang: str) -> None:
+    """The model card, then the results file, the last: the output folder now holds a finished run."""
+    write_run_card(
+        trainer, model_args=args.model, data_args=args.data, recipe_args=args.recipe, raw=raw, stats=stats,
+        results=results, source_lang=source_lang, target_lang=target_lang,
+    )  # fmt: skip
+    write_results(args.training.output_dir, results)
+    print("\nFinal scores:", json.dumps({k: v for k, v in results.items() if not k.endswith("signature")}, indent=2))
+    if "test_bleu_signature" in results:
+        print("sacreBLEU signature:", results["test_bleu_signature"])
+    print(f"Model folder: {args.training.output_dir}")
+
+
+def run(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    start_run(args)
+    started = time.time()
+    plan = check_inputs(args)
+    raw, source_lang, target_lang = load_data(args.data, args.model.cache_dir)
+    if "train" not in raw and args.training.do_train:
+        raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
+    tokenizer = choose_tokenizer(args, plan, raw, source_lang, target_lang)
+    model = build_model(args.model, tokenizer)
+    tokenizer.model_max_length = tokenizer_max_length(model.config)  # saved with it: no limit for sinusoids
+    settle_training_and_decoding(args, model, command_line_names(argv))
+    raw, processed, stats = prepare_data(args, raw, tokenizer, source_lang, target_lang)
+    record_longest_source(args, model, processed)
+    trainer = make_trainer(args, model, tokenizer, processed, stats)
+    results = train_and_save(trainer, plan, tokenizer, argv) if args.training.do_train else {}
+    should_save = args.training.should_save
+    if "test" in processed and should_save:
+        results.update(score_test_split(args, model, tokenizer, raw["test"], source_lang, target_lang))
+    results["total_seconds"] = round(time.time() - started, 1)
+    if should_save:
+        finish_run(args, trainer, results, raw, stats, source_lang, target_lang)
     return results
 
 

@@ -23,7 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-from hf_vanilla_transformer.checks import OutputLimitWatch, check_device, check_sentences, warn_cut
 from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script, in_range
 
 
@@ -59,6 +58,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     if beams is not None and sequences is not None and sequences > beams and not args.do_sample:
         raise ValueError(f"--num_return_sequences {sequences} needs at least as many beams (--num_beams {beams}).")
     if args.device is not None:
+        from hf_vanilla_transformer.translation import check_device
+
         check_device(args.device)
     return kwargs
 
@@ -67,7 +68,7 @@ def translate_checked(model, tokenizer, sentences: list[str], **kwargs) -> list:
     """`translate()`, saying what the translations alone would not: empty sentences are not translated (an empty
     translation, with a warning), a sentence longer than a model with learned positions serves is refused
     (ValueError), and a translation that stopped at the output length limit is named in a warning."""
-    from hf_vanilla_transformer.translation import translate
+    from hf_vanilla_transformer.translation import OutputLimitWatch, check_sentences, translate, warn_cut
 
     keep = check_sentences(model, tokenizer, sentences, max_new_tokens=kwargs.get("max_new_tokens"))
     with OutputLimitWatch(model) as watch:

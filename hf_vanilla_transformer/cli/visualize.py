@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 
 from hf_vanilla_transformer.cli._errors import ArgumentParser, at_least, console_script
+from hf_vanilla_transformer.model_source import check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,10 @@ def run(argv: list[str] | None = None) -> dict[str, Path]:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    folder = Path(args.model)
-    if not folder.is_dir():
-        parser.error(f"MODEL_FOLDER {folder} does not exist or is not a folder (train one with hf-vanilla-train).")
-    if not (folder / "config.json").is_file():
-        parser.error(f"MODEL_FOLDER {folder} has no config.json: it is not a saved model folder.")
+    try:
+        folder = check_model_folder(args.model)
+    except OSError as error:
+        parser.error(f"MODEL_FOLDER: {error}")
     if not args.sentence.strip():
         parser.error("the sentence is empty.")
     # Imported here so that --help and argument errors do not wait for torch and transformers.

@@ -34,7 +34,7 @@ def test_convert_refuses_a_taken_output_folder_and_writes_nothing(tmp_path):
     opus_like_marian().save_pretrained(tmp_path / "marian")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="already exists and is not an empty folder"):
+    with pytest.raises(FileExistsError, match="taken exists and is not empty"):
         convert.run(["--from", "marian", str(tmp_path / "marian"), str(tmp_path / "taken")])
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hf_vanilla_transformer.cli import evaluate
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.training import translation_scores
 from hf_vanilla_transformer.translation import translate
 
@@ -41,5 +41,5 @@ def test_evaluate_a_local_test_file(run_dir, tmp_path, capsys):
 def test_evaluate_errors(run_dir, tmp_path):
     with pytest.raises(ValueError, match="no split 'dev'; it has"):
         evaluate.run([str(run_dir), "--split", "dev"])
-    with pytest.raises(ValueError, match="Give --source_lang and --target_lang"):
+    with pytest.raises(ValueError, match="Give source_lang and target_lang"):
         evaluate.run([str(run_dir), "--test_file", str(tmp_path / "test.jsonl")])

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerState
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.cli.train import (
     command_line_names,
     main,
@@ -25,8 +26,7 @@ from hf_vanilla_transformer.cli.train import (
     resolve_schedule,
     run,
 )
-from hf_vanilla_transformer.cli.train_arguments import load_recipe
-from hf_vanilla_transformer.data import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
+from hf_vanilla_transformer.cli.train_options import load_recipe
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 from hf_vanilla_transformer.training import last_complete_checkpoint
 
@@ -475,7 +475,7 @@ def test_bad_input_fails_before_training(tmp_path, kind, extra, error, message):
 
 
 def test_data_without_languages_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="Pass --source_lang and --target_lang"):
+    with pytest.raises(ValueError, match="Give source_lang and target_lang"):
         run([*bad_jsonl(tmp_path, "good"), "--output_dir", str(tmp_path / "out")])
     assert_no_model_written(tmp_path / "out")
 

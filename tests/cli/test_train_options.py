@@ -1,4 +1,4 @@
-"""hf-vanilla-train's command line as train_arguments.py reads it, without torch or transformers, held to the parser
+"""hf-vanilla-train's command line as train_options.py reads it, without torch or transformers, held to the parser
 that makes the arguments (train.py's HfArgumentParser): it knows every option, and refuses only what that one does."""
 
 import dataclasses
@@ -7,7 +7,7 @@ import pytest
 from transformers import Seq2SeqTrainingArguments
 
 from hf_vanilla_transformer.cli.train import TrainArgumentParser, parse_args
-from hf_vanilla_transformer.cli.train_arguments import CommandLine, read_command_line, trainer_options
+from hf_vanilla_transformer.cli.train_options import CommandLine, read_command_line, trainer_options
 
 
 def test_the_trainer_options_read_from_transformers_source_are_its_dataclass_fields():

@@ -8,9 +8,9 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-import hf_vanilla_transformer.model_card as model_card
+import hf_vanilla_transformer.cli.model_card as model_card
 from hf_vanilla_transformer.data import FilterStats, StreamFilterStats
-from hf_vanilla_transformer.model_card import DataSummary, write_model_card, write_run_card
+from hf_vanilla_transformer.cli.model_card import DataSummary, write_model_card, write_run_card
 
 SCORES = {
     "test_bleu": 27.31,

@@ -1,9 +1,9 @@
-"""The model card: the README.md a training run leaves beside its model, which the Hub shows as the model's page.
+"""The model card hf-vanilla-train writes: the README.md beside the trained model, which the Hub shows as its page.
 
 `write_model_card` renders what it is given (sizes read from the model, data, recipe, training values, test
-scores with their sacreBLEU signatures, how to load and translate) and invents nothing. `write_run_card`
-collects those facts from a finished `hf-vanilla-train` run, writes the card and, under `--push_to_hub`,
-uploads it.
+scores with their sacreBLEU signatures, how to load and translate) as huggingface_hub's `ModelCard` with its
+`ModelCardData` metadata, and invents nothing. `write_run_card` collects those facts from a finished run (its
+Trainer and arguments), writes the card and, under `--push_to_hub`, uploads it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ._io import write_file
-from .data import SOURCE_LANG, TARGET_LANG, FilterStats, StreamFilterStats
+from hf_vanilla_transformer._io import write_file
+from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG
+from hf_vanilla_transformer.data import FilterStats, StreamFilterStats
+from hf_vanilla_transformer.translation import output_limit_words
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +126,7 @@ def _scores_section(model, results: Mapping) -> str:
     decoding = f"beam {generation.num_beams}"
     if generation.num_beams > 1:
         decoding += f", length penalty {generation.length_penalty}"
-    beyond = getattr(generation, "max_new_tokens_beyond_source", None)
-    if beyond is not None:
-        decoding += f", at most input length + {beyond} tokens"
+    decoding += f", at most {output_limit_words(generation)}"
     rows = ["| metric | score |", "|---|---|", f"| BLEU | {results['test_bleu']} |"]
     if "test_chrf" in results:
         rows.append(f"| chrF | {results['test_chrf']} |")
@@ -306,7 +306,7 @@ def _data_summary(data_args, stats, source_lang: str, target_lang: str) -> DataS
         description=(
             f"The built-in task of `hf-vanilla-transformer`: English-like sentences (`{SOURCE_LANG}`) translated "
             f"into an invented verb-final language (`{TARGET_LANG}`), generated from seed {data_args.builtin_seed} "
-            "(`hf_vanilla_transformer.data.load_builtin_dataset`)."
+            "(`hf_vanilla_transformer.builtin_task.load_builtin_dataset`)."
         ),
         # "toy" names the invented language here, but as an ISO 639-3 code it is a real one (Topoiyo).
         languages=(SOURCE_LANG,),
