@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cpu_engines.py --threads 1,2 --output benchmarks/results_cpu_engines.json
     python benchmarks/bench_cpu_engines.py --quick --rounds 1 --repeats 1   # tiny sizes, to check the script
+    python benchmarks/bench_cpu_engines.py --baseline 362b2a6 --engines plain,cpu-opt,int8 --rounds 4   # A/B
 
 Why one engine per process: timed in one process, engines disturb each other. A CTranslate2 call leaves its worker
 threads spinning for a while after it returns, which slowed the torch decodes that followed by up to 2.4x on a
@@ -17,7 +18,10 @@ vocabulary 8000, random weights; the package's engines and CTranslate2's share t
 - `plain`: the model as `from_pretrained` loads it;
 - `cpu-opt`: + `optimize_for_cpu_inference` (opt-in);
 - `int8`: `quantize_int8`;
-- `ct2`, `ct2-int8`: the same weights exported with `export_ctranslate2`, float32 and int8 (needs ctranslate2).
+- `ct2`, `ct2-int8`: the same weights exported with `export_ctranslate2`, float32 and int8 (needs ctranslate2);
+- with `--baseline REF`, each of `plain`, `cpu-opt` and `int8` also as the package was at git commit REF
+  (`baseline-plain`, ...), on the same weights: the A/B for a change, with the ratio new / baseline and whether
+  the two decode the same tokens.
 
 Each process makes a first call (a warm-up, whose time is recorded), then
 `--repeats` timed calls of 64 forced new tokens from 32-token sources, and reports the fastest. The table gives, per
@@ -40,6 +44,7 @@ import time
 from pathlib import Path
 
 ENGINES = ["marian", "default", "plain", "cpu-opt", "int8", "ct2", "ct2-int8"]
+BASELINE_OF = {"plain": "baseline-plain", "cpu-opt": "baseline-cpu-opt", "int8": "baseline-int8"}
 CASES = {"greedy b1": (1, 1), "greedy b16": (16, 1), "beam4 b1": (1, 4)}  # name: (batch, beams)
 BASE = {"d_model": 512, "d_ff": 2048, "heads": 8, "layers": 6, "vocab": 8000, "source": 32, "new_tokens": 64}
 QUICK = {"d_model": 64, "d_ff": 128, "heads": 4, "layers": 2, "vocab": 300, "source": 8, "new_tokens": 8}
@@ -164,7 +169,36 @@ TORCH_ENGINES = {
 }
 
 
-def decode_fn(engine: str, case: str, folder: Path, sizes: dict, threads: int):
+def baseline_engine(engine: str, folder: Path, sizes: dict, ref: str):
+    """`engine` (baseline-plain, baseline-cpu-opt, baseline-int8) built by the package as it was at commit `ref`
+    (imported under another name, see bench_models.load_baseline) over the weights saved in `folder`."""
+    import importlib
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_models
+
+    from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+    package = bench_models.load_baseline(ref)
+    layout = {key: sizes[key] for key in ("d_model", "d_ff", "heads", "layers")}
+    model = bench_models.vanilla_model(layout, sizes["vocab"], package=package).eval()
+    weights = VanillaTransformerForConditionalGeneration.from_pretrained(folder / "model").state_dict()
+    model.load_state_dict(weights)
+    if engine == "baseline-int8":
+        return importlib.import_module(f"{package.__name__}.quantization").quantize_int8(model)
+    if engine == "baseline-cpu-opt":
+        try:
+            cpu_inference = importlib.import_module(f"{package.__name__}.cpu_inference")
+        except ModuleNotFoundError:  # a commit from before the opt-in path, whose model had its speed inside
+            return model
+        with torch.no_grad():
+            return cpu_inference.optimize_for_cpu_inference(model)
+    return model
+
+
+def decode_fn(engine: str, case: str, folder: Path, sizes: dict, threads: int, baseline: str | None = None):
     """A function decoding `case` once with `engine`, returning the new tokens as lists of ids."""
     batch, beams = CASES[case]
     source = source_ids(batch, sizes)
@@ -189,7 +223,10 @@ def decode_fn(engine: str, case: str, folder: Path, sizes: dict, threads: int):
 
     import torch
 
-    model = TORCH_ENGINES[engine](folder, sizes)
+    if engine.startswith("baseline-"):
+        model = baseline_engine(engine, folder, sizes, baseline)
+    else:
+        model = TORCH_ENGINES[engine](folder, sizes)
     input_ids = torch.tensor(source)
     options = dict(
         max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams, do_sample=False,
@@ -204,14 +241,14 @@ def decode_fn(engine: str, case: str, folder: Path, sizes: dict, threads: int):
     return run_torch
 
 
-def child(engine: str, case: str, folder: Path, sizes: dict, threads: int, repeats: int) -> dict:
+def child(engine: str, case: str, folder: Path, sizes: dict, threads: int, repeats: int, baseline=None) -> dict:
     import torch
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    fn = decode_fn(engine, case, folder, sizes, threads)
+    fn = decode_fn(engine, case, folder, sizes, threads, baseline)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     tokens = fn()  # warm-up: first-call work
@@ -237,13 +274,15 @@ def child(engine: str, case: str, folder: Path, sizes: dict, threads: int, repea
     }
 
 
-def run_child(engine: str, case: str, folder: Path, quick: bool, threads: int, repeats: int) -> dict:
+def run_child(
+    engine: str, case: str, folder: Path, quick: bool, threads: int, repeats: int, baseline: str | None = None
+) -> dict:
     """One engine and case in a fresh process of this script with `threads` threads (OpenMP's and MKL's pools sized
     to match)."""
     command = [
         sys.executable, os.path.abspath(sys.argv[0]), "--child", engine, "--case", case, "--folder", str(folder),
         "--threads", str(threads), "--repeats", str(repeats),
-    ] + (["--quick"] if quick else [])  # fmt: skip
+    ] + (["--quick"] if quick else []) + (["--baseline", baseline] if baseline else [])  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
@@ -289,6 +328,22 @@ def claims(table: dict) -> list[dict]:
     return checked
 
 
+def against_baseline(table: dict) -> list[dict]:
+    """Per thread count and case, each engine that has a baseline counterpart: new / baseline from the best
+    figures, and whether both decoded the same tokens."""
+    compared = []
+    for threads, cases in table.items():
+        for case, engines in cases.items():
+            for engine, old in BASELINE_OF.items():
+                if "best" in engines.get(engine, {}) and "best" in engines.get(old, {}):
+                    compared.append({
+                        "threads": int(threads), "case": case, "engine": engine,
+                        "ratio": round(engines[engine]["best"] / engines[old]["best"], 3),
+                        "same_tokens": engines[engine]["tokens_sha1"] == engines[old]["tokens_sha1"],
+                    })  # fmt: skip
+    return compared
+
+
 def print_table(results: dict) -> None:
     info = results["machine"]
     print(
@@ -298,8 +353,8 @@ def print_table(results: dict) -> None:
     )
     for threads, cases in results["table"].items():
         print(f"\n{threads} thread(s): new tokens/s, best of {results['rounds']} rounds (range), one process each")
-        print(f"{'engine':10s}" + "".join(f"{case:>24s}" for case in cases))
-        engines = [e for e in ENGINES if any(e in row for row in cases.values())]
+        print(f"{'engine':16s}" + "".join(f"{case:>24s}" for case in cases))
+        engines = [e for e in ENGINES + list(BASELINE_OF.values()) if any(e in row for row in cases.values())]
         for engine in engines:
             cells = []
             for row in cases.values():
@@ -308,12 +363,18 @@ def print_table(results: dict) -> None:
                     cells.append(f"{cell['best']:.1f} ({cell['worst']:.0f}-{cell['best']:.0f})")
                 else:
                     cells.append("failed" if "error" in cell else "")
-            print(f"{engine:10s}" + "".join(f"{c:>24s}" for c in cells))
+            print(f"{engine:16s}" + "".join(f"{c:>24s}" for c in cells))
     for claim in results["claims"]:
         mark = "holds" if claim["holds"] else "FAILS"
         print(
             f"{claim['threads']} thread(s) {claim['case']:11s} {claim['ratio']:18s} {claim['value']:6.2f} "
             f"(at least {claim['at_least']}): {mark}"
+        )
+    for row in results.get("against_baseline", []):
+        same = "same tokens" if row["same_tokens"] else "DIFFERENT TOKENS"
+        print(
+            f"{row['threads']} thread(s) {row['case']:11s} {row['engine']:8s} / {results['baseline']}: "
+            f"{row['ratio']:.3f}, {same}"
         )
     for threads, cases in results["table"].items():
         for case, engines in cases.items():
@@ -331,13 +392,18 @@ def main() -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per process (the fastest counts)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few tokens: checks the script runs")
     parser.add_argument("--output", help="write the figures to this JSON file")
+    parser.add_argument(
+        "--baseline", metavar="REF", help="also time plain, cpu-opt and int8 as the package was at git commit REF"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = QUICK if args.quick else BASE
     if args.child:
-        print(json.dumps(child(args.child, args.case, Path(args.folder), sizes, int(args.threads), args.repeats)))
+        print(json.dumps(
+            child(args.child, args.case, Path(args.folder), sizes, int(args.threads), args.repeats, args.baseline)
+        ))  # fmt: skip
         return {}
 
     engines = [e for e in args.engines.split(",") if e]
@@ -347,6 +413,8 @@ def main() -> dict:
         unknown = sorted(set(given) - set(known))
         if unknown:
             raise SystemExit(f"{option}: unknown {unknown}; choose from {', '.join(known)}.")
+    if args.baseline:
+        engines += [BASELINE_OF[e] for e in engines if e in BASELINE_OF]
     info = machine()
     if info["ctranslate2"] is None and any(e.startswith("ct2") for e in engines):
         print("No CTranslate2 engines: pip install ctranslate2.", file=sys.stderr)
@@ -354,7 +422,7 @@ def main() -> dict:
     results = {
         "machine": info, "sizes": sizes, "rounds": args.rounds, "repeats": args.repeats,
         "command": " ".join(["python", "benchmarks/bench_cpu_engines.py", *sys.argv[1:]]),
-        "load_average_before": load_average(),
+        "load_average_before": load_average(), "baseline": args.baseline,
     }  # fmt: skip
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-cpu-engines-") as folder:
@@ -364,7 +432,7 @@ def main() -> dict:
                 order = engines if round_index % 2 == 0 else engines[::-1]
                 for engine in order:
                     for case in cases:
-                        run = run_child(engine, case, Path(folder), args.quick, threads, args.repeats)
+                        run = run_child(engine, case, Path(folder), args.quick, threads, args.repeats, args.baseline)
                         run["round"] = round_index
                         run["load_average"] = load_average()
                         runs.append(run)
@@ -373,6 +441,7 @@ def main() -> dict:
     results["load_average_after"] = load_average()
     results["table"] = summarize(runs)
     results["claims"] = claims(results["table"])
+    results["against_baseline"] = against_baseline(results["table"])
     results["runs"] = runs
     print_table(results)
     if args.output:

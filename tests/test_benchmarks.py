@@ -156,6 +156,21 @@ def test_cpu_engine_rounds_summarise_to_best_and_range_and_check_the_claims():
     assert claim["ratio"] == "default / marian" and claim["value"] == 1.4 and claim["holds"]
 
 
+def test_cpu_engines_compare_each_path_with_its_baseline_and_its_tokens():
+    def run(engine, rate, sha1):
+        return {"engine": engine, "case": "beam4 b1", "threads": 1, "new_tokens_per_s": rate, "first_call_s": 0.1,
+                "tokens_sha1": sha1, "all_new_tokens": True}  # fmt: skip
+
+    table = bench_cpu_engines.summarize([
+        run("cpu-opt", 90.0, "a"), run("baseline-cpu-opt", 100.0, "a"), run("int8", 150.0, "b"),
+        run("baseline-int8", 120.0, "c"), run("plain", 50.0, "a"),
+    ])  # fmt: skip
+    compared = {row["engine"]: row for row in bench_cpu_engines.against_baseline(table)}
+    assert set(compared) == {"cpu-opt", "int8"}  # plain has no baseline run here
+    assert (compared["cpu-opt"]["ratio"], compared["cpu-opt"]["same_tokens"]) == (0.9, True)
+    assert (compared["int8"]["ratio"], compared["int8"]["same_tokens"]) == (1.25, False)
+
+
 def test_cpu_engines_refuse_an_unknown_engine(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_cpu_engines.py"), "--engines", "plain,fairseq"],
