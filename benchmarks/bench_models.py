@@ -6,8 +6,9 @@
     python benchmarks/bench_models.py --baseline a9ffa01   # also the package as it was at a git commit
 
 On the CPU in fp32, decoding also times the opt-in paths: `vanilla-cpu` (optimize_for_cpu_inference) and
-`vanilla-int8` (quantize_int8), and the same model exported to CTranslate2 with float32 and int8 weights
-(`ctranslate2`, `ctranslate2-int8`; needs `pip install ctranslate2`, left out with `--skip ctranslate2`).
+`vanilla-int8` (quantize_int8). These decoding rows share one process and are for A/B work on the code; the CPU
+decoding figures the README gives, against Marian and CTranslate2, come from `bench_cpu_engines.py`, which times each
+engine in a process of its own (CTranslate2 left spinning threads behind that slowed the torch models timed after it).
 `--baseline REF` adds the package at git commit REF under the name `vanilla@REF` (and `vanilla@REF-int8`) to the
 same interleaved rounds, so a change is measured against the code before it.
 
@@ -242,39 +243,6 @@ def generate_fn(
     return run
 
 
-def ctranslate2_translators(model, vocab: int, folder: str) -> tuple[dict[str, object], list[str]]:
-    """`model` exported to CTranslate2 with float32 and with int8 weights (hf_vanilla_transformer.ctranslate2_export),
-    loaded as Translators computing in that type on as many threads as torch uses; and the vocabulary given to them
-    (token strings standing for the ids, which is all CTranslate2 reads)."""
-    import ctranslate2
-
-    from hf_vanilla_transformer.ctranslate2_export import export_ctranslate2
-
-    tokens = ["<pad>", "<s>", "</s>", "<unk>"] + [f"t{i}" for i in range(4, vocab)]
-    translators = {}
-    for name, weights in (("ctranslate2", "float32"), ("ctranslate2-int8", "int8")):
-        exported = export_ctranslate2(model, Path(folder) / name, tokens, quantization=weights)
-        translators[name] = ctranslate2.Translator(
-            str(exported), device="cpu", compute_type=weights, intra_threads=torch.get_num_threads()
-        )
-    return translators, tokens
-
-
-def ctranslate2_fn(translator, tokens: list[str], batch: int, src_len: int, new_tokens: int, beams: int, vocab: int):
-    """What `generate_fn` runs, in CTranslate2: the same source, exactly `new_tokens` new tokens (the end token is
-    barred until then, as min_new_tokens does), the same beam search with length penalty 1."""
-    source = torch.randint(4, vocab, (batch, src_len), generator=torch.Generator().manual_seed(1))
-    source = [[tokens[i] for i in row] for row in source.tolist()]
-
-    def run():
-        return translator.translate_batch(
-            source, beam_size=beams, length_penalty=1.0, max_decoding_length=new_tokens,
-            min_decoding_length=new_tokens, max_input_length=0,
-        )  # fmt: skip
-
-    return run
-
-
 def timed(fn: Callable[[], object], device, clock: Callable[[], float] = time.perf_counter) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -499,7 +467,7 @@ def main() -> dict:
         help="Also time this package as it was at git commit REF (model vanilla@REF); may be repeated.",
     )
     parser.add_argument(
-        "--skip", default="", help="Comma list of parts to skip: train,generate,memory,flops,ctranslate2 (its rows)"
+        "--skip", default="", help="Comma list of parts to skip: train,generate,memory,flops"
     )
     parser.add_argument("--quick", action="store_true", help="Tiny sizes and shapes: checks the script runs.")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice).")
@@ -623,16 +591,6 @@ def main() -> dict:
         save()
     if "generate" not in skip:
         opt_in = device.type == "cpu" and args.dtype == "fp32" and "vanilla" in names and not args.compile
-        translators, exports = {}, tempfile.TemporaryDirectory(prefix="bench-ctranslate2-")
-        if device.type == "cpu" and args.dtype == "fp32" and "ctranslate2" not in skip:
-            try:
-                import ctranslate2
-            except ImportError:
-                print("No CTranslate2 rows: pip install ctranslate2 (or --skip ctranslate2).", file=sys.stderr)
-            else:
-                results["machine"]["ctranslate2"] = ctranslate2.__version__
-                model = prepared("vanilla", args.vocab, False).eval()
-                translators, tokens = ctranslate2_translators(model, args.vocab, exports.name)
         for label, batch, beams in gen_cases:
             key = f"generate new tokens/s {label}"
             fns = {}
@@ -658,13 +616,10 @@ def main() -> dict:
                         quantize = quantize_int8
                     model = quantize(prepared(name, args.vocab, False).eval(), inplace=True)
                     fns[f"{name}-int8"] = generate_fn(name, model, batch, src_len, new_tokens, beams, args.vocab, device)
-            for name, translator in translators.items():  # the same weights as vanilla (prepared seeds them alike)
-                fns[name] = ctranslate2_fn(translator, tokens, batch, src_len, new_tokens, beams, args.vocab)
             times = interleaved(runnable(key, fns), args.rounds, args.warmup, device)
             if times:
                 results["throughput"][key] = summarize(times, batch * new_tokens)
             save()
-        exports.cleanup()
     if "memory" not in skip:
         batch, src, tgt, vocab = train_shapes[0]
         if device.type == "cpu":

@@ -14,6 +14,8 @@ times the whole model.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,12 @@ from .modeling_vanilla_transformer import (
 # Weights smaller than this (1 MB in float32) sit in cache, where the extra steps cost more than they save.
 MIN_WEIGHT_ELEMENTS = 1 << 18
 MAX_FEW_ROWS = 32
+# RowBlockLinear's choice per (out_features, in_features, rows, threads, bias): True where its own product measured
+# faster than F.linear at first use in this process. Its own product must be this much faster to be taken.
+PRODUCT_CHOICES: dict[tuple[int, int, int, int, bool], bool] = {}
+TIMING_TRIALS = 3
+OWN_PRODUCT_MARGIN = 0.95
+EVICTION_BYTES = 64 << 20  # read between timings: more than the last-level cache of most processors
 
 
 def row_block_product(
@@ -57,13 +65,18 @@ def row_block_product(
 
 
 class RowBlockLinear(nn.Linear):
-    """`nn.Linear` whose product streams a large float32 weight faster on the CPU when there are 1 to 32 rows and
-    no autograd (a decoding step); anything else is `F.linear`, so it trains, and its numbers are the same up to
-    the order of summation.
+    """`nn.Linear` whose product may stream a large float32 weight faster on the CPU when there are 1 to 32 rows
+    and no autograd (a decoding step); anything else is `F.linear`, so it trains, and its numbers are the same up
+    to the order of summation.
 
-    - 1 row (greedy search at batch 1): MKL's matrix-vector product keeps to one core, so with T threads W is split
-      by output rows into T equal blocks whose products run as one batched product, a block per thread.
-    - 2 to 32 rows (a small batch or beam): (W x^T)^T, which MKL streams faster than x W^T.
+    - 1 row (greedy search at batch 1): W split by output rows into one block per thread, the blocks' products run
+      as one batched product, a block per thread (where MKL's matrix-vector product keeps to one core);
+    - 2 to 32 rows (a small batch or beam): (W x^T)^T instead of x W^T.
+
+    Which is faster depends on the processor and the BLAS build: on an AMD EPYC row blocks doubled the speed of a
+    2-thread batch-1 step, on a Xeon they halved it. So the first call of each shape (weight, rows, threads) times
+    both products on its own input and keeps the faster for the rest of the process (`PRODUCT_CHOICES`), F.linear
+    unless the other is clearly faster. Under `torch.compile` it is `F.linear`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,16 +92,37 @@ class RowBlockLinear(nn.Linear):
             or torch.compiler.is_compiling()
         ):
             return F.linear(x, weight, bias)
+        threads = torch.get_num_threads()
+        if rows == 1 and (threads == 1 or weight.shape[0] < threads or not weight.is_contiguous()):
+            return F.linear(x, weight, bias)  # row blocks need W stored row by row, and several threads
+        key = (*weight.shape, rows, threads, bias is not None)
+        own = PRODUCT_CHOICES.get(key)
+        if own is None:
+            own = PRODUCT_CHOICES[key] = self._own_product_is_faster(x, rows)
+        return self._own_product(x, rows) if own else F.linear(x, weight, bias)
+
+    def _own_product(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
         out_features, in_features = weight.shape
         if rows == 1:
-            blocks = torch.get_num_threads()
-            if blocks == 1 or out_features < blocks or not weight.is_contiguous():  # blocks of W stored row by row
-                return F.linear(x, weight, bias)
-            out = row_block_product(weight, bias, x.reshape(1, in_features).t(), blocks)
+            out = row_block_product(weight, bias, x.reshape(1, in_features).t(), torch.get_num_threads())
             return out.view(*x.shape[:-1], out_features)
         columns = x.reshape(rows, in_features).t()
         out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)
         return out.t().contiguous().view(*x.shape[:-1], out_features)
+
+    def _own_product_is_faster(self, x: torch.Tensor, rows: int) -> bool:
+        """Both products timed in turn, TIMING_TRIALS times each, with W out of the processor's caches as a decoding
+        step finds it (after reading every other layer's weights); the own one wins only by OWN_PRODUCT_MARGIN."""
+        other_memory = torch.ones(EVICTION_BYTES // 4)
+        times = {True: [], False: []}
+        for _ in range(TIMING_TRIALS):
+            for own in (False, True):
+                other_memory.sum()
+                start = time.perf_counter()
+                self._own_product(x, rows) if own else F.linear(x, self.weight, self.bias)
+                times[own].append(time.perf_counter() - start)
+        return min(times[True]) < OWN_PRODUCT_MARGIN * min(times[False])
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", few-row CPU products"

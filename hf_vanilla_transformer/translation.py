@@ -102,7 +102,8 @@ def load_translation_model(
     `quantize="int8"` gives int8 linear layers for faster CPU decoding (see `quantization.quantize_int8`); a folder
     an int8 model was saved to loads as that int8 model.
     Otherwise a float32 model on the CPU gets `cpu_inference.optimize_for_cpu_inference` (the same weights and
-    numbers, faster few-row products) unless `cpu_products=False`.
+    tokens; few-row products timed at their first use and taken only where faster on this machine) unless
+    `cpu_products=False`.
 
     The name and the device are checked before anything loads (`model_source.check_model_source`, `check_device`):
     a folder that does not exist or holds no model, a Hub id that is neither cached nor on the Hub, or a device this

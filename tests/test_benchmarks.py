@@ -15,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_cpu_engines  # noqa: E402
 import bench_models  # noqa: E402
 
 
@@ -44,8 +45,6 @@ def test_quick_run_measures_every_model(tmp_path, dtype):
     }
     assert set(results["throughput"]) == expected
     decoding = {"vanilla-int8", "vanilla-cpu"} if dtype == "fp32" else set()  # the opt-in CPU paths
-    if dtype == "fp32" and HAS_CTRANSLATE2:  # the same model exported to CTranslate2
-        decoding |= {"ctranslate2", "ctranslate2-int8"}
     for key, rows in results["throughput"].items():
         assert set(rows) == {"vanilla", "marian"} | (decoding if key.startswith("generate") else set()), key
         for name, row in rows.items():
@@ -117,6 +116,82 @@ def test_decoding_ab_against_this_commit_times_every_case_with_the_same_tokens()
     lines = [line for line in done.stdout.splitlines() if "new / baseline" in line]
     assert [line.split(":")[0] for line in lines] == ["greedy b1", "beam4 b1", "greedy b16"]
     assert all("same tokens fp32 True" in line for line in lines)  # the opt-in path decodes as the plain model
+
+
+def test_cpu_engines_run_one_process_each_and_write_the_machine_with_the_figures(tmp_path):
+    output = tmp_path / "engines.json"
+    engines = [e for e in bench_cpu_engines.ENGINES if HAS_CTRANSLATE2 or not e.startswith("ct2")]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_cpu_engines.py"), "--quick", "--rounds", "1", "--repeats", "1",
+         "--threads", "1", "--cases", "greedy b1", "--engines", ",".join(engines), "--output", str(output)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert {"processor", "flags", "cores", "torch", "transformers", "ctranslate2"} <= set(results["machine"])
+    assert results["machine"]["processor"] in done.stdout
+    row = results["table"]["1"]["greedy b1"]
+    assert set(row) == set(engines)
+    for engine, cell in row.items():
+        assert cell["all_new_tokens"] and cell["best"] > 0, (engine, cell)
+    runs = results["runs"]
+    assert [run["engine"] for run in runs] == engines  # one process per engine and case, in turn
+    assert {run["torch_threads"] for run in runs} == {1}
+    # The package's float32 paths decode the same weights to the same tokens.
+    assert len({row[e]["tokens_sha1"] for e in ("default", "plain", "cpu-opt")}) == 1
+    assert {(c["ratio"], c["case"]) for c in results["claims"]} >= {("default / marian", "greedy b1")}
+
+
+def test_cpu_engine_rounds_summarise_to_best_and_range_and_check_the_claims():
+    runs = [
+        {"engine": e, "case": "greedy b1", "threads": 2, "new_tokens_per_s": rate, "first_call_s": 0.1,
+         "tokens_sha1": "x", "all_new_tokens": True}
+        for e, rate in (("marian", 100.0), ("default", 140.0), ("marian", 90.0), ("default", 120.0))
+    ] + [{"engine": "int8", "case": "greedy b1", "threads": 2, "error": "boom"}]  # fmt: skip
+    table = bench_cpu_engines.summarize(runs)
+    cell = table["2"]["greedy b1"]["default"]
+    assert (cell["best"], cell["worst"], cell["rounds"]) == (140.0, 120.0, [140.0, 120.0])
+    assert table["2"]["greedy b1"]["int8"] == {"error": "boom"}
+    (claim,) = bench_cpu_engines.claims(table)
+    assert claim["ratio"] == "default / marian" and claim["value"] == 1.4 and claim["holds"]
+
+
+def test_cpu_engines_compare_each_path_with_its_baseline_and_its_tokens():
+    def run(engine, rate, sha1):
+        return {"engine": engine, "case": "beam4 b1", "threads": 1, "new_tokens_per_s": rate, "first_call_s": 0.1,
+                "tokens_sha1": sha1, "all_new_tokens": True}  # fmt: skip
+
+    table = bench_cpu_engines.summarize([
+        run("cpu-opt", 90.0, "a"), run("baseline-cpu-opt", 100.0, "a"), run("int8", 150.0, "b"),
+        run("baseline-int8", 120.0, "c"), run("plain", 50.0, "a"),
+    ])  # fmt: skip
+    compared = {row["engine"]: row for row in bench_cpu_engines.against_baseline(table)}
+    assert set(compared) == {"cpu-opt", "int8"}  # plain has no baseline run here
+    assert (compared["cpu-opt"]["ratio"], compared["cpu-opt"]["same_tokens"]) == (0.9, True)
+    assert (compared["int8"]["ratio"], compared["int8"]["same_tokens"]) == (1.25, False)
+
+
+def test_cpu_engines_refuse_an_unknown_engine(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_cpu_engines.py"), "--engines", "plain,fairseq"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode != 0
+    assert "--engines: unknown ['fairseq']" in done.stderr
+
+
+def test_decode_step_profile_splits_a_step_and_gives_the_bandwidth_floor(tmp_path):
+    output = tmp_path / "profile.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "profile_decode_step.py"), "--quick", "--engine", "plain", "--threads", "1",
+         "--repeats", "1", "--output", str(output)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["step_ms"] > 0 and results["floor_ms"] > 0 and results["bandwidth_gbs"] > 0
+    assert "linear products" in results["groups_ms"]
+    assert "memory floor" in done.stdout and "outside torch operators" in done.stdout
 
 
 def test_train_shapes_are_parsed_and_bad_ones_rejected(tmp_path):

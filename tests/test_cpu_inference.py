@@ -1,10 +1,11 @@
-"""Opt-in CPU inference: `RowBlockLinear`'s few-row products against the plain ones, and a model swapped to them
-and back keeping its parameters, ties, state dict and outputs."""
+"""Opt-in CPU inference: `RowBlockLinear`'s few-row products against the plain ones and its choice between them, and a
+model swapped to them and back keeping its parameters, ties, state dict and outputs."""
 
 import pytest
 import torch
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import cpu_inference
 from hf_vanilla_transformer.cpu_inference import (
     FusedQKVAttention,
     RowBlockLinear,
@@ -42,6 +43,13 @@ def threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def own_products(monkeypatch):
+    """Every shape takes RowBlockLinear's own product, whatever the timing at first use would say, for one test."""
+    monkeypatch.setattr(cpu_inference, "PRODUCT_CHOICES", {})
+    monkeypatch.setattr(RowBlockLinear, "_own_product_is_faster", lambda self, x, rows: True)
+
+
 def _expected_products(rows: int, out_features: int, in_features: int, num_threads: int) -> list[tuple]:
     """The output shapes of the products a `RowBlockLinear` should compute."""
     if out_features * in_features < 1 << 18 or rows > 32:
@@ -59,7 +67,7 @@ def _expected_products(rows: int, out_features: int, in_features: int, num_threa
 @pytest.mark.parametrize("in_features, out_features", [(256, 1024), (24, 40), (256, 1025)])
 @pytest.mark.parametrize("num_threads", [1, 2, 3, 4])
 def test_row_block_linear_gives_the_layers_output_and_streams_large_weights_its_own_way(
-    leading, bias, in_features, out_features, num_threads, threads
+    leading, bias, in_features, out_features, num_threads, threads, own_products
 ):
     # 1 row: W in row blocks, one per thread (a 1025-row W leaves 1 row over on 2 or 4 threads, 2 on 3);
     # 2-32 rows: W x^T; weights under 2^18 elements and more rows: x W^T.
@@ -77,7 +85,7 @@ def test_row_block_linear_gives_the_layers_output_and_streams_large_weights_its_
 
 
 @pytest.mark.parametrize("rows", [1, 4])
-def test_row_block_linear_takes_a_weight_stored_transposed(rows, threads):
+def test_row_block_linear_takes_a_weight_stored_transposed(rows, threads, own_products):
     # A weight may be a transposed view (tied to a matrix stored the other way round). Row blocks were measured on
     # weights stored row by row, so one row takes x W^T; 4 rows still take W x^T, which any layout suits.
     threads(2)
@@ -93,7 +101,7 @@ def test_row_block_linear_takes_a_weight_stored_transposed(rows, threads):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_an_optimized_decoding_step_matches_the_plain_model(tiny_model, batch, threads):
+def test_an_optimized_decoding_step_matches_the_plain_model(tiny_model, batch, threads, own_products):
     # d_ff 1024 x d_model 256 weights take their own way in a 1- or 4-row step under no_grad; with autograd on,
     # nn.Linear's x W^T.
     threads(2)
@@ -112,6 +120,37 @@ def test_an_optimized_decoding_step_matches_the_plain_model(tiny_model, batch, t
     with _RecordProducts() as recorded:
         model(**inputs).logits.sum().backward()  # autograd on: it trains, with nn.Linear's products
     assert _expected_products(batch, 1024, 256, 2)[0] not in recorded.shapes
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_row_block_linear_times_both_products_at_the_first_call_of_a_shape_and_keeps_its_choice(
+    rows, threads, monkeypatch
+):
+    threads(2)
+    monkeypatch.setattr(cpu_inference, "PRODUCT_CHOICES", {})
+    timed = []
+    measure = RowBlockLinear._own_product_is_faster
+
+    def record(self, x, rows):
+        timed.append(rows)
+        return measure(self, x, rows)
+
+    monkeypatch.setattr(RowBlockLinear, "_own_product_is_faster", record)
+    layer, other = RowBlockLinear(256, 1024), RowBlockLinear(256, 1024)
+    x = torch.randn(rows, 256)
+    expected = x.double() @ layer.weight.double().t() + layer.bias.double()
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+        other(x)  # the same shape: the choice made for the first layer holds
+    assert timed == [rows]
+    assert list(cpu_inference.PRODUCT_CHOICES) == [(1024, 256, rows, 2, True)]
+    own = [(1024, rows)] if rows > 1 else _expected_products(1, 1024, 256, 2)
+    for choice, products in ((False, [(rows, 1024)]), (True, own)):
+        cpu_inference.PRODUCT_CHOICES[(1024, 256, rows, 2, True)] = choice
+        with torch.no_grad(), _RecordProducts() as recorded:
+            torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+        assert recorded.shapes == products, choice
 
 
 def test_row_block_linear_passes_gradients():
@@ -200,7 +239,7 @@ def test_attention_weights_and_hidden_states_are_still_recorded_after_optimizing
     assert len(model(**kwargs).decoder_attentions) == layers
 
 
-def test_translation_loading_takes_the_cpu_products_for_float32_on_the_cpu(tiny_model, tmp_path):
+def test_translation_loading_takes_the_cpu_products_for_float32_on_the_cpu(tiny_model, tmp_path, own_products):
     from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
     from hf_vanilla_transformer.translation import load_translation_model, translate
 
@@ -271,3 +310,4 @@ def test_inference_blocks_are_new_modules_set_on_the_parent_over_the_same_submod
     assert layer.cross_attn_sublayer.norm is sublayer.norm
     assert type(encoder.embed_positions) is VanillaTransformerSinusoidalPositionalEncoding
     assert not any(name.endswith(".table") for name, _ in model.named_buffers())
+

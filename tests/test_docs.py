@@ -2,6 +2,7 @@
 heading of the page it points into, nothing points outside the repository, and the README stays short and keeps the
 test command that CI runs."""
 
+import json
 import re
 from pathlib import Path
 
@@ -75,3 +76,39 @@ def test_the_readme_is_short_and_its_test_command_is_what_ci_runs():
     commands = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
     test_command = next(command for command in commands if "pytest" in command)
     assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+
+def table_rows(text: str, first_cell: str) -> dict[str, list[str]]:
+    """The rows of the markdown table whose header starts with `first_cell`: {first cell: other cells}."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cell} |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/deploying.md"])
+def test_the_speed_tables_give_the_committed_one_engine_per_process_figures(page):
+    text = (REPO / page).read_text(encoding="utf-8")
+    results = json.loads((REPO / "benchmarks" / "results_cpu_engines.json").read_text())
+    assert "python benchmarks/bench_cpu_engines.py --threads 2,1" in text
+    cases = {"greedy, batch 1": "greedy b1", "greedy, batch 16": "greedy b16", "beam 4, batch 1": "beam4 b1"}
+    if page == "README.md":
+        engines = ["marian", "plain", "default", "int8", "ct2-int8"]
+        rows = {(label, "2"): cells for label, cells in table_rows(text, "2 threads").items()}
+    else:
+        engines = ["marian", "plain", "default", "int8", "ct2", "ct2-int8"]
+        rows = {}
+        for label, cells in table_rows(text, "new tokens/s").items():
+            case, _, threads = label.rpartition(", ")
+            rows[(case, threads.split()[0])] = cells
+    assert {case for case, _ in rows} == set(cases)
+    for (label, threads), cells in rows.items():
+        measured = results["table"][threads][cases[label]]
+        for engine, cell in zip(engines, cells, strict=True):
+            decimals = 0 if label == "greedy, batch 16" else 1
+            assert float(cell) == round(measured[engine]["best"], decimals), (page, label, threads, engine)
