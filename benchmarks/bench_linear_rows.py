@@ -55,8 +55,9 @@ def product_times(rows: int, out_features: int, in_features: int, rounds: int, c
     return [statistics.median(times[fn]) for fn in fns]
 
 
-def read_bandwidth_gbs(megabytes: int = 256, rounds: int = 9) -> float:
-    """GB/s of summing a float32 tensor far larger than the caches: about what any product can stream W at."""
+def read_bandwidth_gbs(megabytes: int = 256, rounds: int = 9, reduce=statistics.median) -> float:
+    """GB/s of summing a float32 tensor far larger than the caches: about what any product can stream W at, from
+    the `reduce` (median, or min for the best) of `rounds` timings."""
     data = torch.ones(megabytes * 2**20 // 4)
     data.sum()
     times = []
@@ -64,7 +65,7 @@ def read_bandwidth_gbs(megabytes: int = 256, rounds: int = 9) -> float:
         start = time.perf_counter()
         data.sum()
         times.append(time.perf_counter() - start)
-    return data.numel() * 4 / statistics.median(times) / 1e9
+    return data.numel() * 4 / reduce(times) / 1e9
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cpu_engines  # noqa: E402
+import bench_linear_rows  # noqa: E402
 
 # Operator name -> group; the first group whose prefix matches wins.
 GROUPS = (
@@ -41,18 +42,6 @@ GROUPS = (
 
 def group_of(name: str) -> str:
     return next((group for group, prefixes in GROUPS if name.startswith(prefixes)), "other operators")
-
-
-def read_bandwidth_gbs(megabytes: int = 256, rounds: int = 9) -> float:
-    """GB/s of summing a float32 tensor far larger than the caches: about what any product can stream weights at."""
-    data = torch.ones(megabytes * 2**20 // 4)
-    data.sum()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        data.sum()
-        times.append(time.perf_counter() - start)
-    return data.numel() * 4 / min(times) / 1e9
 
 
 def weight_bytes_per_step(sizes: dict, bytes_per_weight: float) -> float:
@@ -98,7 +87,7 @@ def main() -> dict:
     for name, (ms, _) in operators.items():
         groups[group_of(name)] = groups.get(group_of(name), 0.0) + ms
     outside = max(profiled_ms - sum(groups.values()), 0.0)
-    bandwidth = read_bandwidth_gbs()
+    bandwidth = bench_linear_rows.read_bandwidth_gbs(reduce=min)  # the best of the timings
     bytes_per_weight = 1 if args.engine == "int8" else 4
     weights_mb = weight_bytes_per_step(sizes, bytes_per_weight) / 1e6
     floor_ms = weights_mb / 1e3 / bandwidth * 1e3
