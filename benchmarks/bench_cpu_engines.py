@@ -21,7 +21,8 @@ vocabulary 8000, random weights; the package's engines and CTranslate2's share t
 - `ct2`, `ct2-int8`: the same weights exported with `export_ctranslate2`, float32 and int8 (needs ctranslate2);
 - with `--baseline REF`, each of `plain`, `cpu-opt` and `int8` also as the package was at git commit REF
   (`baseline-plain`, ...), on the same weights: the A/B for a change, with the ratio new / baseline and whether
-  the two decode the same tokens.
+  the two decode the same tokens (weak: these untrained weights make every engine repeat one token, so equal
+  outputs are tested in tests/, not here).
 
 Each process makes a first call (a warm-up, whose time is recorded), then
 `--repeats` timed calls of 64 forced new tokens from 32-token sources, and reports the fastest. The table gives, per

@@ -2,14 +2,14 @@
 
 `optimize_for_cpu_inference(model)` replaces every `nn.Linear` with a `RowBlockLinear`, an `nn.Linear` subclass
 over the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
-decoding step has few rows, each self-attention with a `FusedQKVAttention`, which computes Q, K and V in one
+decoding step has few rows and they measure faster on the machine, each self-attention with a `FusedQKVAttention`, which computes Q, K and V in one
 product, and the residual blocks, feed-forward networks and sinusoids with inference versions. Each replacement is
 a new module set on the parent in place of the old one and takes over its submodules, as PEFT and transformers'
 quantizers replace layers; only the attention changes its class in place, to keep the hooks on it.
 `restore_plain_modules(model)` puts plain modules back. The int8 path in quantization.py fuses Q, K and V too.
 
-`python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_models.py`
-times the whole model.
+`python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_cpu_engines.py`
+times the whole model, one engine per process.
 """
 
 from __future__ import annotations
@@ -98,20 +98,20 @@ class RowBlockLinear(nn.Linear):
         key = (*weight.shape, rows, threads, bias is not None)
         own = PRODUCT_CHOICES.get(key)
         if own is None:
-            own = PRODUCT_CHOICES[key] = self._own_product_is_faster(x, rows)
-        return self._own_product(x, rows) if own else F.linear(x, weight, bias)
+            own = PRODUCT_CHOICES[key] = self._own_product_is_faster(x, rows, threads)
+        return self._own_product(x, rows, threads) if own else F.linear(x, weight, bias)
 
-    def _own_product(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+    def _own_product(self, x: torch.Tensor, rows: int, threads: int) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         out_features, in_features = weight.shape
         if rows == 1:
-            out = row_block_product(weight, bias, x.reshape(1, in_features).t(), torch.get_num_threads())
+            out = row_block_product(weight, bias, x.reshape(1, in_features).t(), threads)
             return out.view(*x.shape[:-1], out_features)
         columns = x.reshape(rows, in_features).t()
         out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)
         return out.t().contiguous().view(*x.shape[:-1], out_features)
 
-    def _own_product_is_faster(self, x: torch.Tensor, rows: int) -> bool:
+    def _own_product_is_faster(self, x: torch.Tensor, rows: int, threads: int) -> bool:
         """Both products timed in turn, TIMING_TRIALS times each, with W out of the processor's caches as a decoding
         step finds it (after reading every other layer's weights); the own one wins only by OWN_PRODUCT_MARGIN."""
         other_memory = torch.ones(EVICTION_BYTES // 4)
@@ -120,7 +120,7 @@ class RowBlockLinear(nn.Linear):
             for own in (False, True):
                 other_memory.sum()
                 start = time.perf_counter()
-                self._own_product(x, rows) if own else F.linear(x, self.weight, self.bias)
+                self._own_product(x, rows, threads) if own else F.linear(x, self.weight, self.bias)
                 times[own].append(time.perf_counter() - start)
         return min(times[True]) < OWN_PRODUCT_MARGIN * min(times[False])
 

@@ -47,7 +47,7 @@ def threads():
 def own_products(monkeypatch):
     """Every shape takes RowBlockLinear's own product, whatever the timing at first use would say, for one test."""
     monkeypatch.setattr(cpu_inference, "PRODUCT_CHOICES", {})
-    monkeypatch.setattr(RowBlockLinear, "_own_product_is_faster", lambda self, x, rows: True)
+    monkeypatch.setattr(RowBlockLinear, "_own_product_is_faster", lambda self, x, rows, threads: True)
 
 
 def _expected_products(rows: int, out_features: int, in_features: int, num_threads: int) -> list[tuple]:
@@ -131,9 +131,9 @@ def test_row_block_linear_times_both_products_at_the_first_call_of_a_shape_and_k
     timed = []
     measure = RowBlockLinear._own_product_is_faster
 
-    def record(self, x, rows):
+    def record(self, x, rows, threads):
         timed.append(rows)
-        return measure(self, x, rows)
+        return measure(self, x, rows, threads)
 
     monkeypatch.setattr(RowBlockLinear, "_own_product_is_faster", record)
     layer, other = RowBlockLinear(256, 1024), RowBlockLinear(256, 1024)
