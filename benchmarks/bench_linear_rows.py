@@ -8,9 +8,11 @@ these give the same products, but MKL streams W at different speeds:
 - x W^T, what `nn.Linear` computes;
 - (W x^T)^T, the transposed orientation;
 - row blocks: W split by output rows into one block per thread, the blocks' products run as one batched
-  product (for one row; MKL's matrix-vector product keeps to one core).
+  product (for one row; MKL's matrix-vector product keeps to one core);
+- oneDNN's linear over a weight prepacked in its own layout (`torch.utils.mkldnn.to_mkldnn`), the other kernel
+  library torch ships for the CPU.
 For each row count and weight shape this prints the milliseconds of x W^T per product (median over rounds, the
-three interleaved) and the speed-up of the other two over it; `RowBlockLinear` takes row blocks for 1 row
+four interleaved) and the speed-up of the other three over it; `RowBlockLinear` takes row blocks for 1 row
 and (W x^T)^T for 2 to 32.
 """
 
@@ -21,6 +23,8 @@ import statistics
 import time
 
 import torch
+
+from torch.utils import mkldnn
 
 from hf_vanilla_transformer.cpu_inference import row_block_product
 
@@ -44,7 +48,13 @@ def product_times(rows: int, out_features: int, in_features: int, rounds: int, c
         for weight, bias in zip(weights, biases):
             row_block_product(weight, bias, x.t(), torch.get_num_threads()).t().contiguous()
 
-    fns = (plain, transposed, row_blocks)
+    packed = [mkldnn.to_mkldnn(_linear(weight, bias)) for weight, bias in zip(weights, biases)]
+
+    def onednn():
+        for layer in packed:
+            layer(x)
+
+    fns = (plain, transposed, row_blocks, onednn)
     times = {fn: [] for fn in fns}
     for round_index in range(rounds + 1):
         for fn in fns if round_index % 2 else fns[::-1]:
@@ -53,6 +63,12 @@ def product_times(rows: int, out_features: int, in_features: int, rounds: int, c
             if round_index:  # round 0 warms up
                 times[fn].append((time.perf_counter() - start) / copies * 1e3)
     return [statistics.median(times[fn]) for fn in fns]
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+    layer.weight, layer.bias = torch.nn.Parameter(weight), torch.nn.Parameter(bias)
+    return layer
 
 
 def read_bandwidth_gbs(megabytes: int = 256, rounds: int = 9, reduce=statistics.median) -> float:
@@ -81,17 +97,17 @@ def main() -> None:
     shapes = [(d, d), (f, d), (d, f), (args.vocab, d)]  # (out, in): attention, FFN in, FFN out, output layer
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32. Each cell: ms per product as x W^T, "
-        "then the speed-up of (W x^T)^T and of row blocks over it"
+        "then the speed-up of (W x^T)^T, of row blocks and of oneDNN over it"
     )
     print(f"memory read bandwidth (torch.sum over 256 MB): {read_bandwidth_gbs():.1f} GB/s")
-    print("rows  " + "".join(f"{f'{o}x{i}':>26}" for o, i in shapes))
+    print("rows  " + "".join(f"{f'{o}x{i}':>32}" for o, i in shapes))
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):
             cells = []
             for out_features, in_features in shapes:
-                plain, transposed, blocked = product_times(rows, out_features, in_features, args.rounds)
-                cells.append(f"{plain:7.3f}  {plain / transposed:4.2f}x {plain / blocked:4.2f}x")
-            print(f"{rows:<6}" + "".join(f"{cell:>26}" for cell in cells))
+                plain, *others = product_times(rows, out_features, in_features, args.rounds)
+                cells.append(f"{plain:7.3f} " + " ".join(f"{plain / other:4.2f}x" for other in others))
+            print(f"{rows:<6}" + "".join(f"{cell:>32}" for cell in cells))
 
 
 if __name__ == "__main__":
