@@ -21,48 +21,51 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
-
-from torch.utils import mkldnn
 
 from hf_vanilla_transformer.cpu_inference import row_block_product
 
 
+PRODUCTS = ("x W^T", "(W x^T)^T", "row blocks", "oneDNN")
+
+
+def products(weight: torch.Tensor, bias: torch.Tensor) -> list:
+    """The four ways of computing x W^T + b for a few rows x, each a function of x, in the order of PRODUCTS."""
+    with warnings.catch_warnings():  # the utility's modules are TorchScript, which warns that it is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.utils import mkldnn
+
+        packed = mkldnn.to_mkldnn(_linear(weight, bias))
+    return [
+        lambda x: torch.nn.functional.linear(x, weight, bias),
+        lambda x: torch.addmm(bias.unsqueeze(1), weight, x.t()).t().contiguous(),
+        # as RowBlockLinear computes one row, transposed back as it would need for more
+        lambda x: row_block_product(weight, bias, x.t(), torch.get_num_threads()).t().contiguous(),
+        packed,
+    ]
+
+
 def product_times(rows: int, out_features: int, in_features: int, rounds: int, copies: int = 16) -> list[float]:
-    # Several weights of the same shape, used in turn, so that each product reads its weight from memory as the
-    # model's layers do, not from a warm cache.
+    """Milliseconds per product of each of PRODUCTS (median over rounds, interleaved). Several weights of the same
+    shape are used in turn, so that each product reads its weight from memory as the model's layers do, not from a
+    warm cache."""
     weights = [torch.randn(out_features, in_features) for _ in range(copies)]
     biases = [torch.randn(out_features) for _ in range(copies)]
     x = torch.randn(rows, in_features)
-
-    def plain():
-        for weight, bias in zip(weights, biases):
-            torch.nn.functional.linear(x, weight, bias)
-
-    def transposed():
-        for weight, bias in zip(weights, biases):
-            torch.addmm(bias.unsqueeze(1), weight, x.t()).t().contiguous()
-
-    def row_blocks():  # as RowBlockLinear computes one row, transposed back as it would need for more
-        for weight, bias in zip(weights, biases):
-            row_block_product(weight, bias, x.t(), torch.get_num_threads()).t().contiguous()
-
-    packed = [mkldnn.to_mkldnn(_linear(weight, bias)) for weight, bias in zip(weights, biases)]
-
-    def onednn():
-        for layer in packed:
-            layer(x)
-
-    fns = (plain, transposed, row_blocks, onednn)
-    times = {fn: [] for fn in fns}
+    by_weight = [products(weight, bias) for weight, bias in zip(weights, biases)]
+    fns = [[fns[i] for fns in by_weight] for i in range(len(PRODUCTS))]  # each: one product over every weight
+    times = [[] for _ in fns]
     for round_index in range(rounds + 1):
-        for fn in fns if round_index % 2 else fns[::-1]:
+        order = range(len(fns)) if round_index % 2 else reversed(range(len(fns)))
+        for i in order:
             start = time.perf_counter()
-            fn()
+            for product in fns[i]:
+                product(x)
             if round_index:  # round 0 warms up
-                times[fn].append((time.perf_counter() - start) / copies * 1e3)
-    return [statistics.median(times[fn]) for fn in fns]
+                times[i].append((time.perf_counter() - start) / copies * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:

@@ -427,3 +427,22 @@ def test_the_transformers_common_tests_runner_answers_help_and_compares_junit(tm
     assert runner.compare(ours, marian) == [{"test": "test_b", "outcome": "failed", "reason": "AssertionError: 1 != 2"}]
     # The tester lives outside tests/, so this suite never collects it (it needs transformers' tests tree).
     assert (BENCHMARKS / "transformers_common" / "test_modeling_vanilla_transformer.py").is_file()
+
+
+def test_linear_row_products_compute_the_same_numbers_and_are_each_timed():
+    import bench_linear_rows
+
+    torch.manual_seed(0)
+    weight, bias = torch.randn(301, 40), torch.randn(301)  # odd: on several threads, row blocks leave a remainder
+    for rows in (1, 3, 16):
+        x = torch.randn(rows, 40)
+        expected = x.double() @ weight.double().t() + bias.double()
+        with torch.inference_mode():
+            outputs = [product(x) for product in bench_linear_rows.products(weight, bias)]
+        assert len(outputs) == len(bench_linear_rows.PRODUCTS)
+        for name, out in zip(bench_linear_rows.PRODUCTS, outputs):
+            assert out.shape == (rows, 301), name
+            torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4, msg=name)
+    with torch.inference_mode():
+        times = bench_linear_rows.product_times(2, 64, 32, rounds=1, copies=2)
+    assert len(times) == len(bench_linear_rows.PRODUCTS) and all(t > 0 for t in times)
