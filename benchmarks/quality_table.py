@@ -6,6 +6,11 @@
 Per pair and model: BLEU and chrF as the mean over seeds with the lowest and highest, the training loss at fixed
 steps (mean over seeds), steps per second and the seeds found. With --per_seed, one row per run instead. Nothing
 is trained here.
+
+Then each model against `marian` on the same pair: its mean BLEU over Marian's, and its lowest BLEU over Marian's at
+the same seed, with the bars the README's claims hold them to (mean at least Marian's; no seed below 0.9x Marian's
+at that seed, for the Trainer runs). Steps per second depend on whatever else the machine ran meanwhile: they are
+not a speed comparison (docs/performance.md has that).
 """
 
 from __future__ import annotations
@@ -69,6 +74,35 @@ def table(runs: list[dict], loss_steps: list[int], per_seed: bool) -> str:
     return "\n".join(lines)
 
 
+SEED_FLOOR = 0.9  # no seed below this times Marian's BLEU at the same seed
+
+
+def against_marian(runs: list[dict]) -> str:
+    """Per pair, each model's BLEU against `marian`'s: the ratio of the means, and the lowest ratio at a shared seed."""
+    by_key: dict[tuple[str, str], dict[int, float]] = {}
+    for run in runs:
+        by_key.setdefault((run["pair"], run["model"]), {})[run["seed"]] = run["bleu"]
+    lines = [
+        "| pair | model | mean BLEU / Marian's (at least 1) | lowest seed / Marian's at that seed (at least 0.9) |",
+        "|---|---|---|---|",
+    ]
+    for (pair, model), bleu in sorted(by_key.items()):
+        marian = by_key.get((pair, "marian"))
+        if model == "marian" or not marian:
+            continue
+        ratio = mean(bleu.values()) / mean(marian.values())
+        cells = [pair, f"`{model}`", f"{ratio:.2f} ({'holds' if ratio >= 1 else 'short'})"]
+        shared = sorted(set(bleu) & set(marian))
+        if shared:
+            seed = min(shared, key=lambda s: bleu[s] / marian[s])
+            lowest = bleu[seed] / marian[seed]
+            cells.append(f"{lowest:.2f}, seed {seed} ({'holds' if lowest >= SEED_FLOOR else 'short'})")
+        else:
+            cells.append("no shared seed")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results_quality"))
@@ -82,6 +116,9 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"No result files for {args.steps} steps under {args.results_dir}: run bench_quality.py first.")
     text = table(runs, loss_steps, args.per_seed)
     signature = runs[0].get("bleu_signature")
+    comparison = against_marian(runs)
+    if comparison:
+        text += "\n\n" + comparison
     print(text)
     if signature:
         print(f"\nsacreBLEU {signature}; {runs[0].get('chrf_signature', '')}")

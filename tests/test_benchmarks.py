@@ -313,6 +313,28 @@ def test_quality_table_averages_the_seeds_of_each_pair_and_model(tmp_path):
         quality_table.main(["--results_dir", str(tmp_path), "--steps", "200"])
 
 
+
+def test_quality_table_sets_each_model_against_marian_by_mean_and_by_seed(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import quality_table
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    bleu = {("marian", 42): 20.0, ("marian", 43): 10.0, ("vanilla", 42): 17.0, ("vanilla", 43): 16.0,
+            ("hf-vanilla-train", 42): 14.0}  # fmt: skip
+    (tmp_path / "es-en").mkdir()
+    for (model, seed), value in bleu.items():
+        run = {"model": model, "seed": seed, "bleu": value, "chrf": value, "steps_per_second": 1.0, "loss": {}}
+        (tmp_path / "es-en" / f"{model}_1000steps_seed{seed}.json").write_text(json.dumps(run))
+    text = quality_table.main(["--results_dir", str(tmp_path)])
+    comparison = text.split("/ Marian's at that seed")[1].splitlines()[2:]  # the rows under its header
+    rows = {line.split(" | ")[1]: line for line in comparison}
+    # vanilla: mean 16.5 against 15 (1.10); seed 42 is its lowest ratio, 17 / 20 = 0.85, under the 0.9 floor
+    assert rows["`vanilla`"] == "| es-en | `vanilla` | 1.10 (holds) | 0.85, seed 42 (short) |"
+    # the CLI's one seed: 14 against Marian's mean of 15
+    assert rows["`hf-vanilla-train`"] == "| es-en | `hf-vanilla-train` | 0.93 (short) | 0.70, seed 42 (short) |"
+    assert len(comparison) == 2  # Marian is not set against itself
+
 def write_mo(path: Path, messages: dict[str, str], encoding: str = "utf-8") -> None:
     """A GNU gettext catalogue: a header of 32-bit words, two tables of (length, offset), then the strings."""
     items = sorted(messages.items())
