@@ -2,6 +2,7 @@
 
     python benchmarks/quality_table.py                                   # benchmarks/results_quality, 1000 steps
     python benchmarks/quality_table.py --results_dir benchmarks/results_quality/ablation --steps 500 --per_seed
+    python benchmarks/quality_table.py --readme README.md                # also writes the table into the README
 
 Per pair and model: BLEU and chrF as the mean over seeds with the lowest and highest, the training loss at fixed
 steps (mean over seeds), steps per second and the seeds found. With --per_seed, one row per run instead. Nothing
@@ -21,6 +22,9 @@ from pathlib import Path
 from statistics import mean
 
 REPO = Path(__file__).resolve().parent.parent
+# The README's table sits between these two lines; --readme rewrites what is between them.
+README_BEGIN = "<!-- quality-table: written by benchmarks/quality_table.py --readme README.md -->"
+README_END = "<!-- quality-table: end -->"
 
 
 def read_runs(results_dir: Path, steps: int) -> list[dict]:
@@ -47,7 +51,8 @@ def loss_cells(runs: list[dict], loss_steps: list[int]) -> list[str]:
     return cells
 
 
-def table(runs: list[dict], loss_steps: list[int], per_seed: bool) -> str:
+def table(runs: list[dict], loss_steps: list[int], per_seed: bool, ratios: dict | None = None) -> str:
+    """With `ratios` (from marian_ratios; means only), a last column gives each model's BLEU over Marian's."""
     loss_header = [f"loss @{step}" for step in loss_steps]
     if per_seed:
         header = ["pair", "model", "seed", "BLEU", "chrF", *loss_header, "steps/s"]
@@ -61,6 +66,8 @@ def table(runs: list[dict], loss_steps: list[int], per_seed: bool) -> str:
         for run in runs:
             groups.setdefault((run["pair"], run["model"]), []).append(run)
         header = ["pair", "model", "BLEU", "chrF", *loss_header, "steps/s", "seeds"]
+        if ratios is not None:
+            header.append("BLEU / Marian's: mean; lowest seed")
         rows = []
         for (pair, model), group in sorted(groups.items()):
             group.sort(key=lambda r: r["seed"])
@@ -69,6 +76,10 @@ def table(runs: list[dict], loss_steps: list[int], per_seed: bool) -> str:
                  *loss_cells(group, loss_steps), f"{mean(r['steps_per_second'] for r in group):.2f}",
                  ", ".join(str(r["seed"]) for r in group)]
             )  # fmt: skip
+            if ratios is not None:
+                ratio, lowest, seed = ratios.get((pair, model), (None, None, None))
+                cell = "" if ratio is None else f"{ratio:.2f}"
+                rows[-1].append(cell + (f"; {lowest:.2f} (seed {seed})" if seed is not None else ""))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -77,30 +88,68 @@ def table(runs: list[dict], loss_steps: list[int], per_seed: bool) -> str:
 SEED_FLOOR = 0.9  # no seed below this times Marian's BLEU at the same seed
 
 
-def against_marian(runs: list[dict]) -> str:
-    """Per pair, each model's BLEU against `marian`'s: the ratio of the means, and the lowest ratio at a shared seed."""
+def marian_ratios(runs: list[dict]) -> dict[tuple[str, str], tuple[float, float | None, int | None]]:
+    """Per (pair, model) other than `marian`: its mean BLEU over Marian's on the pair, and its lowest BLEU over
+    Marian's at a shared seed with that seed (None where they share no seed)."""
     by_key: dict[tuple[str, str], dict[int, float]] = {}
     for run in runs:
         by_key.setdefault((run["pair"], run["model"]), {})[run["seed"]] = run["bleu"]
+    ratios = {}
+    for (pair, model), bleu in by_key.items():
+        marian = by_key.get((pair, "marian"))
+        if model == "marian" or not marian:
+            continue
+        shared = sorted(set(bleu) & set(marian))
+        seed = min(shared, key=lambda s: bleu[s] / marian[s]) if shared else None
+        lowest = bleu[seed] / marian[seed] if shared else None
+        ratios[pair, model] = (mean(bleu.values()) / mean(marian.values()), lowest, seed)
+    return ratios
+
+
+def against_marian(runs: list[dict]) -> str:
+    """The table of `marian_ratios`, each ratio marked against the bar it is held to."""
     lines = [
         "| pair | model | mean BLEU / Marian's (at least 1) | lowest seed / Marian's at that seed (at least 0.9) |",
         "|---|---|---|---|",
     ]
-    for (pair, model), bleu in sorted(by_key.items()):
-        marian = by_key.get((pair, "marian"))
-        if model == "marian" or not marian:
-            continue
-        ratio = mean(bleu.values()) / mean(marian.values())
+    for (pair, model), (ratio, lowest, seed) in sorted(marian_ratios(runs).items()):
         cells = [pair, f"`{model}`", f"{ratio:.2f} ({'holds' if ratio >= 1 else 'short'})"]
-        shared = sorted(set(bleu) & set(marian))
-        if shared:
-            seed = min(shared, key=lambda s: bleu[s] / marian[s])
-            lowest = bleu[seed] / marian[seed]
-            cells.append(f"{lowest:.2f}, seed {seed} ({'holds' if lowest >= SEED_FLOOR else 'short'})")
-        else:
+        if seed is None:
             cells.append("no shared seed")
+        else:
+            cells.append(f"{lowest:.2f}, seed {seed} ({'holds' if lowest >= SEED_FLOOR else 'short'})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def render(runs: list[dict], loss_steps: list[int], per_seed: bool, compact: bool = False) -> str:
+    """The table, the comparison with Marian and the scores' signatures, as printed; `compact` (the README's) puts
+    the comparison in a column of the table."""
+    if compact:
+        text = table(runs, loss_steps, per_seed=False, ratios=marian_ratios(runs))
+    else:
+        text = table(runs, loss_steps, per_seed)
+        comparison = against_marian(runs)
+        if comparison:
+            text += "\n\n" + comparison
+    signature = runs[0].get("bleu_signature")
+    if signature:
+        text += f"\n\nsacreBLEU {signature}; {runs[0].get('chrf_signature', '')}"
+    return text
+
+
+def readme_block(readme_text: str) -> tuple[int, int]:
+    """Where the table's text starts and ends in the README (between the two marker lines)."""
+    begin, end = readme_text.find(README_BEGIN), readme_text.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"The README has no quality table block: add the lines\n{README_BEGIN}\n{README_END}")
+    return begin + len(README_BEGIN) + 1, end
+
+
+def write_readme(path: Path, text: str) -> None:
+    readme = path.read_text(encoding="utf-8")
+    start, end = readme_block(readme)
+    path.write_text(readme[:start] + text + "\n" + readme[end:], encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -109,19 +158,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=1000, help="The runs' length (part of each file name).")
     parser.add_argument("--loss_steps", type=int, nargs="+", default=None, help="Default: 300, 400, 500 and --steps.")
     parser.add_argument("--per_seed", action="store_true", help="One row per run instead of the mean over seeds.")
+    parser.add_argument("--readme", type=Path, help="Also write the table into this README, between its marker lines.")
     args = parser.parse_args(argv)
     loss_steps = args.loss_steps or sorted({step for step in (300, 400, 500, args.steps) if step <= args.steps})
     runs = read_runs(Path(args.results_dir), args.steps)
     if not runs:
         raise SystemExit(f"No result files for {args.steps} steps under {args.results_dir}: run bench_quality.py first.")
-    text = table(runs, loss_steps, args.per_seed)
-    signature = runs[0].get("bleu_signature")
-    comparison = against_marian(runs)
-    if comparison:
-        text += "\n\n" + comparison
+    text = render(runs, loss_steps, args.per_seed)
     print(text)
-    if signature:
-        print(f"\nsacreBLEU {signature}; {runs[0].get('chrf_signature', '')}")
+    if args.readme is not None:
+        write_readme(args.readme, render(runs, loss_steps, per_seed=False, compact=True))
     return text
 
 

@@ -72,7 +72,7 @@ def test_the_anchors_are_githubs():
 
 def test_the_readme_is_short_and_its_test_command_is_what_ci_runs():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert len(readme.splitlines()) < 250
+    assert len(readme.splitlines()) < 260  # 250 until the README carried the quality table
     commands = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
     test_command = next(command for command in commands if "pytest" in command)
     assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
@@ -112,3 +112,18 @@ def test_the_speed_tables_give_the_committed_one_engine_per_process_figures(page
         for engine, cell in zip(engines, cells, strict=True):
             decimals = 0 if label == "greedy, batch 16" else 1
             assert float(cell) == round(measured[engine]["best"], decimals), (page, label, threads, engine)
+
+
+def test_the_readme_quality_table_is_built_from_the_committed_result_files():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import quality_table
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start, end = quality_table.readme_block(readme)
+    runs = quality_table.read_runs(REPO / "benchmarks" / "results_quality", 1000)
+    expected = quality_table.render(runs, [300, 400, 500, 1000], per_seed=False, compact=True)
+    assert readme[start:end].strip() == expected, "run: python benchmarks/quality_table.py --readme README.md"
