@@ -88,6 +88,11 @@ def table(runs: list[dict], loss_steps: list[int], per_seed: bool, ratios: dict 
 SEED_FLOOR = 0.9  # no seed below this times Marian's BLEU at the same seed
 
 
+def _over(bleu: float, marian: float) -> float:
+    """bleu / marian, where a Marian run that scored 0 counts as beaten by anything above 0."""
+    return bleu / marian if marian else (float("inf") if bleu else 1.0)
+
+
 def marian_ratios(runs: list[dict]) -> dict[tuple[str, str], tuple[float, float | None, int | None]]:
     """Per (pair, model) other than `marian`: its mean BLEU over Marian's on the pair, and its lowest BLEU over
     Marian's at a shared seed with that seed (None where they share no seed)."""
@@ -100,9 +105,9 @@ def marian_ratios(runs: list[dict]) -> dict[tuple[str, str], tuple[float, float 
         if model == "marian" or not marian:
             continue
         shared = sorted(set(bleu) & set(marian))
-        seed = min(shared, key=lambda s: bleu[s] / marian[s]) if shared else None
-        lowest = bleu[seed] / marian[seed] if shared else None
-        ratios[pair, model] = (mean(bleu.values()) / mean(marian.values()), lowest, seed)
+        seed = min(shared, key=lambda s: _over(bleu[s], marian[s])) if shared else None
+        lowest = _over(bleu[seed], marian[seed]) if shared else None
+        ratios[pair, model] = (_over(mean(bleu.values()), mean(marian.values())), lowest, seed)
     return ratios
 
 

@@ -334,6 +334,8 @@ def test_quality_table_sets_each_model_against_marian_by_mean_and_by_seed(tmp_pa
     # the CLI's one seed: 14 against Marian's mean of 15
     assert rows["`hf-vanilla-train`"] == "| es-en | `hf-vanilla-train` | 0.93 (short) | 0.70, seed 42 (short) |"
     assert len(comparison) == 2  # Marian is not set against itself
+    # a Marian run that scored 0 (it never used the source) is beaten by any score above 0, and ties one of 0
+    assert quality_table._over(5.0, 0.0) == float("inf") and quality_table._over(0.0, 0.0) == 1.0
 
 def write_mo(path: Path, messages: dict[str, str], encoding: str = "utf-8") -> None:
     """A GNU gettext catalogue: a header of 32-bit words, two tables of (length, offset), then the strings."""
