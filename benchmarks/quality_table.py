@@ -27,6 +27,11 @@ README_BEGIN = "<!-- quality-table: written by benchmarks/quality_table.py --rea
 README_END = "<!-- quality-table: end -->"
 
 
+def default_loss_steps(steps: int) -> list[int]:
+    """The steps whose training loss the table gives unless told: 300, 400, 500 and the last, within the run."""
+    return sorted({step for step in (300, 400, 500, steps) if step <= steps})
+
+
 def read_runs(results_dir: Path, steps: int) -> list[dict]:
     runs = []
     for path in sorted(results_dir.glob(f"*/*_{steps}steps_seed*.json")):
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--per_seed", action="store_true", help="One row per run instead of the mean over seeds.")
     parser.add_argument("--readme", type=Path, help="Also write the table into this README, between its marker lines.")
     args = parser.parse_args(argv)
-    loss_steps = args.loss_steps or sorted({step for step in (300, 400, 500, args.steps) if step <= args.steps})
+    loss_steps = args.loss_steps or default_loss_steps(args.steps)
     runs = read_runs(Path(args.results_dir), args.steps)
     if not runs:
         raise SystemExit(f"No result files for {args.steps} steps under {args.results_dir}: run bench_quality.py first.")

@@ -2,10 +2,11 @@
 
 `optimize_for_cpu_inference(model)` replaces every `nn.Linear` with a `RowBlockLinear`, an `nn.Linear` subclass
 over the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
-decoding step has few rows and they measure faster on the machine, each self-attention with a `FusedQKVAttention`, which computes Q, K and V in one
-product, and the residual blocks, feed-forward networks and sinusoids with inference versions. Each replacement is
-a new module set on the parent in place of the old one and takes over its submodules, as PEFT and transformers'
-quantizers replace layers; only the attention changes its class in place, to keep the hooks on it.
+decoding step has few rows and they measure faster on the machine, each self-attention with a `FusedQKVAttention`,
+which computes Q, K and V in one product, and the residual blocks, feed-forward networks and sinusoids with inference
+versions. Each replacement is a new module set on the parent in place of the old one and takes over its submodules,
+as PEFT and transformers' quantizers replace layers; only the attention changes its class in place, to keep the hooks
+on it.
 `restore_plain_modules(model)` puts plain modules back. The int8 path in quantization.py fuses Q, K and V too.
 
 `python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_cpu_engines.py`

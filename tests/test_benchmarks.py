@@ -313,7 +313,6 @@ def test_quality_table_averages_the_seeds_of_each_pair_and_model(tmp_path):
         quality_table.main(["--results_dir", str(tmp_path), "--steps", "200"])
 
 
-
 def test_quality_table_sets_each_model_against_marian_by_mean_and_by_seed(tmp_path):
     sys.path.insert(0, str(BENCHMARKS))
     try:
@@ -336,6 +335,7 @@ def test_quality_table_sets_each_model_against_marian_by_mean_and_by_seed(tmp_pa
     assert len(comparison) == 2  # Marian is not set against itself
     # a Marian run that scored 0 (it never used the source) is beaten by any score above 0, and ties one of 0
     assert quality_table._over(5.0, 0.0) == float("inf") and quality_table._over(0.0, 0.0) == 1.0
+
 
 def write_mo(path: Path, messages: dict[str, str], encoding: str = "utf-8") -> None:
     """A GNU gettext catalogue: a header of 32-bit words, two tables of (length, offset), then the strings."""

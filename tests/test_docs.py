@@ -125,5 +125,5 @@ def test_the_readme_quality_table_is_built_from_the_committed_result_files():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     start, end = quality_table.readme_block(readme)
     runs = quality_table.read_runs(REPO / "benchmarks" / "results_quality", 1000)
-    expected = quality_table.render(runs, [300, 400, 500, 1000], per_seed=False, compact=True)
+    expected = quality_table.render(runs, quality_table.default_loss_steps(1000), per_seed=False, compact=True)
     assert readme[start:end].strip() == expected, "run: python benchmarks/quality_table.py --readme README.md"
