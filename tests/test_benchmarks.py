@@ -323,15 +323,19 @@ def test_quality_table_sets_each_model_against_marian_by_mean_and_by_seed(tmp_pa
             ("hf-vanilla-train", 42): 14.0}  # fmt: skip
     (tmp_path / "es-en").mkdir()
     for (model, seed), value in bleu.items():
-        run = {"model": model, "seed": seed, "bleu": value, "chrf": value, "steps_per_second": 1.0, "loss": {}}
+        name = "hf-vanilla-train " if model == "hf-vanilla-train" else model
+        run = {"model": name, "seed": seed, "bleu": value, "chrf": value, "steps_per_second": 1.0, "loss": {}}
         (tmp_path / "es-en" / f"{model}_1000steps_seed{seed}.json").write_text(json.dumps(run))
     text = quality_table.main(["--results_dir", str(tmp_path)])
     comparison = text.split("/ Marian's at that seed")[1].splitlines()[2:]  # the rows under its header
     rows = {line.split(" | ")[1]: line for line in comparison}
     # vanilla: mean 16.5 against 15 (1.10); seed 42 is its lowest ratio, 17 / 20 = 0.85, under the 0.9 floor
     assert rows["`vanilla`"] == "| es-en | `vanilla` | 1.10 (holds) | 0.85, seed 42 (short) |"
-    # the CLI's one seed: 14 against Marian's mean of 15
-    assert rows["`hf-vanilla-train`"] == "| es-en | `hf-vanilla-train` | 0.93 (short) | 0.70, seed 42 (short) |"
+    # the CLI's one seed (its model name as bench_quality writes it, with nothing after the command): 14 against
+    # Marian's mean of 15, held to the mean only
+    assert rows["`hf-vanilla-train`"] == "| es-en | `hf-vanilla-train` | 0.93 (short) | (held to the mean) |"
+    readme_row = quality_table.render(quality_table.read_runs(tmp_path, 1000), [1000], False, compact=True)
+    assert "| es-en | `hf-vanilla-train` | 14.00 | 14.00 |  | 1.00 | 42 | 0.93 |" in readme_row
     assert len(comparison) == 2  # Marian is not set against itself
     # a Marian run that scored 0 (it never used the source) is beaten by any score above 0, and ties one of 0
     assert quality_table._over(5.0, 0.0) == float("inf") and quality_table._over(0.0, 0.0) == 1.0
