@@ -3,6 +3,9 @@
     python benchmarks/quality_table.py                                   # benchmarks/results_quality, 1000 steps
     python benchmarks/quality_table.py --results_dir benchmarks/results_quality/ablation --steps 500 --per_seed
     python benchmarks/quality_table.py --readme README.md                # also writes the table into the README
+    python benchmarks/quality_table.py --plot docs/figures/quality_loss_curves.png   # and draws the loss curves
+    python benchmarks/quality_table.py --results_dir benchmarks/results_quality benchmarks/results_quality/ablation \
+        --seeds 43 --plot docs/figures/quality_ablation_seed43.png      # the table's runs beside the ablation's
 
 Per pair and model: BLEU and chrF as the mean over seeds with the lowest and highest, the training loss at fixed
 steps (mean over seeds), steps per second and the seeds found. With --per_seed, one row per run instead. Nothing
@@ -12,13 +15,15 @@ Then each model against `marian` on the same pair: its mean BLEU over Marian's, 
 the same seed, with the bars the README's claims hold them to: mean at least Marian's; for the Trainer runs also no
 seed below 0.9x Marian's at that seed (the `hf-vanilla-train` rows, a user's run of the command line, are held to the
 mean only). Steps per second depend on whatever else the machine ran meanwhile: they are
-not a speed comparison (docs/performance.md has that).
+not a speed comparison (docs/performance.md has that). `--plot` draws every run's training loss against the step,
+a panel per pair, a colour per model and a line style per seed (needs matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from statistics import mean
 
@@ -157,6 +162,32 @@ def render(runs: list[dict], loss_steps: list[int], per_seed: bool, compact: boo
     return text
 
 
+def plot_losses(runs: list[dict], path: Path) -> Path:
+    """Each run's logged training loss against the step: a panel per pair, a colour per model (`vanilla` first,
+    `marian` second, then the others by name) and a line style per seed."""
+    sys.path.insert(0, str(REPO))
+    from hf_vanilla_transformer import visualization as viz
+
+    pairs = sorted({run["pair"] for run in runs})
+    models = sorted({run["model"] for run in runs}, key=lambda m: ({"vanilla": 0, "marian": 1}.get(m, 2), m))
+    seeds = sorted({run["seed"] for run in runs})
+    styles = ("-", "--", ":", "-.")
+    figure = viz.new_figure(4.6 * len(pairs), 3.6)
+    for axes, pair in zip(figure.subplots(1, len(pairs), squeeze=False)[0], pairs):
+        for run in sorted((r for r in runs if r["pair"] == pair), key=lambda r: (models.index(r["model"]), r["seed"])):
+            steps = sorted(run["loss"])
+            axes.plot(
+                steps, [run["loss"][step] for step in steps], color=f"C{models.index(run['model'])}",
+                linestyle=styles[seeds.index(run["seed"]) % len(styles)], label=f"{run['model']}, seed {run['seed']}",
+            )  # fmt: skip
+        axes.set_title(pair, fontsize=10)
+        axes.set_xlabel("step")
+        axes.set_ylabel("training loss (label-smoothed)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    return viz.save_figure(figure, path)
+
+
 def readme_block(readme_text: str) -> tuple[int, int]:
     """Where the table's text starts and ends in the README (between the two marker lines)."""
     begin, end = readme_text.find(README_BEGIN), readme_text.find(README_END)
@@ -173,20 +204,29 @@ def write_readme(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results_quality"))
+    parser.add_argument(
+        "--results_dir", nargs="+", default=[str(REPO / "benchmarks" / "results_quality")],
+        help="One or more folders of result files (the runs of all of them are read together).",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", help="Only the runs of these seeds.")
     parser.add_argument("--steps", type=int, default=1000, help="The runs' length (part of each file name).")
     parser.add_argument("--loss_steps", type=int, nargs="+", default=None, help="Default: 300, 400, 500 and --steps.")
     parser.add_argument("--per_seed", action="store_true", help="One row per run instead of the mean over seeds.")
     parser.add_argument("--readme", type=Path, help="Also write the table into this README, between its marker lines.")
+    parser.add_argument("--plot", type=Path, help="Also draw the runs' loss curves into this PNG file.")
     args = parser.parse_args(argv)
     loss_steps = args.loss_steps or default_loss_steps(args.steps)
-    runs = read_runs(Path(args.results_dir), args.steps)
+    runs = [run for folder in args.results_dir for run in read_runs(Path(folder), args.steps)]
+    runs = [run for run in runs if args.seeds is None or run["seed"] in args.seeds]
     if not runs:
-        raise SystemExit(f"No result files for {args.steps} steps under {args.results_dir}: run bench_quality.py first.")
+        where = " or ".join(args.results_dir) + (f" for seeds {args.seeds}" if args.seeds else "")
+        raise SystemExit(f"No result files for {args.steps} steps under {where}: run bench_quality.py first.")
     text = render(runs, loss_steps, args.per_seed)
     print(text)
     if args.readme is not None:
         write_readme(args.readme, render(runs, loss_steps, per_seed=False, compact=True))
+    if args.plot is not None:
+        print(f"Loss curves: {plot_losses(runs, args.plot)}")
     return text
 
 

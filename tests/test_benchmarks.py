@@ -341,6 +341,30 @@ def test_quality_table_sets_each_model_against_marian_by_mean_and_by_seed(tmp_pa
     assert quality_table._over(5.0, 0.0) == float("inf") and quality_table._over(0.0, 0.0) == 1.0
 
 
+def test_quality_table_reads_several_folders_keeps_the_seeds_asked_and_draws_the_loss_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import quality_table
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    for folder, model in (("table", "vanilla"), ("ablation", "vanilla:init_std=0.05")):
+        for seed in (42, 43):
+            run = {"model": model, "seed": seed, "bleu": float(seed), "chrf": 1.0, "steps_per_second": 1.0,
+                   "loss": {"50": 8.0, "1000": 3.0}}  # fmt: skip
+            (tmp_path / folder / "fr-en").mkdir(parents=True, exist_ok=True)
+            (tmp_path / folder / "fr-en" / f"{model}_1000steps_seed{seed}.json").write_text(json.dumps(run))
+    picture = tmp_path / "figures" / "curves.png"
+    text = quality_table.main(
+        ["--results_dir", str(tmp_path / "table"), str(tmp_path / "ablation"), "--seeds", "43", "--plot", str(picture)]
+    )
+    rows = [line for line in text.splitlines() if line.startswith("| fr-en")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["`vanilla`", "43.00"], ["`vanilla:init_std=0.05`", "43.00"]]
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="for seeds \\[44\\]"):
+        quality_table.main(["--results_dir", str(tmp_path / "table"), "--seeds", "44"])
+
+
 def write_mo(path: Path, messages: dict[str, str], encoding: str = "utf-8") -> None:
     """A GNU gettext catalogue: a header of 32-bit words, two tables of (length, offset), then the strings."""
     items = sorted(messages.items())
