@@ -3,10 +3,11 @@
 `optimize_for_cpu_inference(model)` replaces every `nn.Linear` with a `RowBlockLinear`, an `nn.Linear` subclass
 over the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
 decoding step has few rows and they measure faster on the machine, each self-attention with a `FusedQKVAttention`,
-which computes Q, K and V in one product, and the residual blocks, feed-forward networks and sinusoids with inference
-versions. Each replacement is a new module set on the parent in place of the old one and takes over its submodules,
-as PEFT and transformers' quantizers replace layers; only the attention changes its class in place, to keep the hooks
-on it.
+which computes Q, K and V in one product, the residual blocks, feed-forward networks and sinusoids with inference
+versions, and each decoder layer with an `InferenceDecoderLayer`, whose decoding steps run as one straight-line
+forward. Each replacement is a new module set on the parent in place of the old one and takes over its submodules,
+as PEFT and transformers' quantizers replace layers; only the self-attention and the decoder layers change their
+class in place, to keep the hooks on them.
 `restore_plain_modules(model)` puts plain modules back. The int8 path in quantization.py fuses Q, K and V too.
 
 `python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_cpu_engines.py`
@@ -20,10 +21,12 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import EncoderDecoderCache
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .modeling_vanilla_transformer import (
     VanillaTransformerAttention,
+    VanillaTransformerDecoderLayer,
     VanillaTransformerFeedForward,
     VanillaTransformerSinusoidalPositionalEncoding,
     VanillaTransformerSublayer,
@@ -225,6 +228,76 @@ class TableSinusoidalPositionalEncoding(VanillaTransformerSinusoidalPositionalEn
         return self.table[position_ids]
 
 
+class InferenceDecoderLayer(VanillaTransformerDecoderLayer):
+    """A decoder layer whose decoding steps (one new position, what generate() runs) take one straight-line forward:
+    the LayerNorms and linear layers called directly and SDPA over the cached keys and values, where the plain layer
+    makes some seventeen module calls, three residual-block closures and two trips through transformers' attention
+    dispatch (together about a tenth of an int8 greedy step at batch 1, `docs/performance.md`). It computes what the
+    plain layer does. Anything else runs the plain layer: training or autograd, several positions at once, recorded
+    outputs (`output_attentions`, ...), an attention implementation other than "sdpa". In the steps it takes, forward
+    hooks on the layer's sub-modules do not run (hooks on the layer itself do); `restore_plain_modules` gives the
+    plain layer back. Set by changing the class in place, as `FusedQKVAttention`, so the hooks on the layer stay."""
+
+    def forward(
+        self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask=None, cache=None, **kwargs
+    ) -> torch.Tensor:
+        if (
+            kwargs
+            or self.training
+            or torch.is_grad_enabled()
+            or hidden_states.shape[1] != 1
+            or self.self_attn.config._attn_implementation != "sdpa"
+        ):
+            return super().forward(
+                hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask, cache=cache, **kwargs
+            )
+        if isinstance(cache, EncoderDecoderCache):
+            self_cache, cross_cache = cache.self_attention_cache, cache
+        else:
+            self_cache, cross_cache = cache, None
+        self_attn, cross_attn, feed_forward = self.self_attn, self.cross_attn, self.feed_forward
+
+        def masked_self_attention(x):
+            query, key, value = self_attn.project_qkv(x)
+            if self_cache is not None:
+                key, value = self_cache.update(key, value, self_attn.layer_idx)
+            return _attend(self_attn, query, key, value, attention_mask)
+
+        def encoder_decoder_attention(x):
+            query = cross_attn._heads(cross_attn.q_proj.forward(x), cross_attn.d_k)
+            key, value = cross_attn.source_keys_values(encoder_hidden_states, cross_cache)
+            return _attend(cross_attn, query, key, value, encoder_attention_mask)
+
+        hidden_states = _residual(self.self_attn_sublayer, hidden_states, masked_self_attention)
+        hidden_states = _residual(self.cross_attn_sublayer, hidden_states, encoder_decoder_attention)
+        return _residual(self.feed_forward_sublayer, hidden_states, feed_forward.forward)
+
+
+def _attend(attention: VanillaTransformerAttention, query, key, value, mask) -> torch.Tensor:
+    """§3.2.2 for one query position: SDPA over every head, the heads concatenated, W^O."""
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scaling)
+    batch = output.shape[0]
+    return attention.out_proj.forward(output.transpose(1, 2).reshape(batch, 1, attention.num_heads * attention.d_v))
+
+
+def _residual(block: VanillaTransformerSublayer, x: torch.Tensor, sublayer) -> torch.Tensor:
+    """`block`'s residual connection and LayerNorm around `sublayer` (post- or pre-LN), without module calls."""
+    norm = block.norm
+    if block.pre_norm:
+        return x + sublayer(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+    return F.layer_norm(x + sublayer(x), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def use_inference_decoder_layers(model: nn.Module) -> int:
+    """Makes each plain decoder layer of `model` an `InferenceDecoderLayer`, in place; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        if type(module) is VanillaTransformerDecoderLayer:
+            module.__class__ = InferenceDecoderLayer
+            swapped += 1
+    return swapped
+
+
 # Subclasses that only change forward; each replaces its plain module, and back.
 _INFERENCE_CLASSES = {
     VanillaTransformerSublayer: InferenceSublayer,
@@ -235,8 +308,10 @@ _INFERENCE_CLASSES = {
 
 def use_inference_blocks(model: nn.Module) -> nn.Module:
     """Replaces the residual blocks, feed-forward networks and sinusoids of `model` with their inference versions
-    (in eval mode they compute the same; in training they run the plain forward)."""
+    and makes its decoder layers `InferenceDecoderLayer`s (in eval mode they compute the same; in training they run
+    the plain forward)."""
     _replace_blocks(model, _INFERENCE_CLASSES)
+    use_inference_decoder_layers(model)
     return model
 
 
@@ -303,7 +378,8 @@ def fuse_self_attention(model: nn.Module, keep_projections: bool = False) -> int
 def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     """Replaces, in place, every plain `nn.Linear` of `model` with a `RowBlockLinear` over the same parameters, the
     residual blocks, feed-forward networks and sinusoids with inference versions without eval mode's per-step calls,
-    and fuses each self-attention (`FusedQKVAttention`, keeping its three layers); returns the model: faster
+    fuses each self-attention (`FusedQKVAttention`, keeping its three layers) and makes each decoder layer an
+    `InferenceDecoderLayer` (decoding steps as one straight-line forward); returns the model: faster
     greedy and small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses
     `train()` until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left
     alone."""
@@ -322,11 +398,15 @@ def restore_plain_modules(model: nn.Module) -> nn.Module:
             attention.unfuse(layer.training)
     _replace_linears(model, RowBlockLinear, nn.Linear)
     _replace_blocks(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
+    for module in model.modules():
+        if type(module) is InferenceDecoderLayer:
+            module.__class__ = VanillaTransformerDecoderLayer
     return model
 
 
 __all__ = [
     "FusedQKVAttention",
+    "InferenceDecoderLayer",
     "InferenceFeedForward",
     "InferenceSublayer",
     "TableSinusoidalPositionalEncoding",
@@ -336,4 +416,5 @@ __all__ = [
     "restore_plain_modules",
     "row_block_product",
     "use_inference_blocks",
+    "use_inference_decoder_layers",
 ]

@@ -158,6 +158,21 @@ class VanillaTransformerAttention(nn.Module):
             self._heads(self.v_proj(hidden_states), self.d_v),
         )
 
+    def source_keys_values(
+        self, key_value_states: torch.Tensor, cross_cache: EncoderDecoderCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder-decoder attention's keys and values, from the encoder output."""
+        if cross_cache is not None and cross_cache.is_updated.get(self.layer_idx, False):
+            # The encoder output does not change while decoding: its keys and values are computed once.
+            layer = cross_cache.cross_attention_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        key = self._heads(self.k_proj(key_value_states), self.d_k)
+        value = self._heads(self.v_proj(key_value_states), self.d_v)
+        if cross_cache is not None:
+            key, value = cross_cache.cross_attention_cache.update(key, value, self.layer_idx)
+            cross_cache.is_updated[self.layer_idx] = True
+        return key, value
+
     def forward(
         self, hidden_states, key_value_states=None, attention_mask=None, cache: Cache | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -171,16 +186,7 @@ class VanillaTransformerAttention(nn.Module):
                 key, value = cache.update(key, value, self.layer_idx)
         else:  # encoder-decoder attention
             query = self._heads(self.q_proj(hidden_states), self.d_k)
-            if cross_cache is not None and cross_cache.is_updated.get(self.layer_idx, False):
-                # The encoder output does not change while decoding: its keys and values are computed once.
-                layer = cross_cache.cross_attention_cache.layers[self.layer_idx]
-                key, value = layer.keys, layer.values
-            else:
-                key = self._heads(self.k_proj(key_value_states), self.d_k)
-                value = self._heads(self.v_proj(key_value_states), self.d_v)
-                if cross_cache is not None:
-                    key, value = cross_cache.cross_attention_cache.update(key, value, self.layer_idx)
-                    cross_cache.is_updated[self.layer_idx] = True
+            key, value = self.source_keys_values(key_value_states, cross_cache)
 
         implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, scaled_dot_product_attention)

@@ -311,3 +311,82 @@ def test_inference_blocks_are_new_modules_set_on_the_parent_over_the_same_submod
     assert type(encoder.embed_positions) is VanillaTransformerSinusoidalPositionalEncoding
     assert not any(name.endswith(".table") for name, _ in model.named_buffers())
 
+
+
+class _CountCalls:
+    """Counts the forward calls of every attention module of a model (a forward hook on each)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self.handles = [
+            module.register_forward_hook(self._count)
+            for module in model.modules()
+            if isinstance(module, cpu_inference.VanillaTransformerAttention)
+        ]
+
+    def _count(self, *_):
+        self.calls += 1
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+@pytest.mark.parametrize("path", ["float32", "int8"])
+def test_inference_decoder_layers_take_decoding_steps_in_one_forward_and_compute_the_plain_layers(
+    tiny_model, norm_position, path
+):
+    from hf_vanilla_transformer.quantization import quantize_int8
+
+    model = tiny_model(norm_position=norm_position, init_std=0.3)  # large weights: outputs that differ by token
+    source = random_ids(3, 7)
+    mask = torch.ones_like(source)
+    mask[0, 4:] = 0  # a padded source: the encoder-decoder attention gets a mask
+    options = dict(input_ids=source, attention_mask=mask, max_new_tokens=9, min_new_tokens=9, output_logits=True,
+                   return_dict_in_generate=True)  # fmt: skip
+
+    def decode():
+        return {beams: model.generate(**options, num_beams=beams) for beams in (1, 3)}
+
+    with torch.no_grad():
+        if path == "int8":
+            model = quantize_int8(model)
+            with pytest.MonkeyPatch.context() as patch:  # the plain layers' forward over the same int8 modules
+                patch.setattr(cpu_inference.InferenceDecoderLayer, "forward", cpu_inference.VanillaTransformerDecoderLayer.forward)
+                expected = decode()
+        else:
+            expected = decode()
+            optimize_for_cpu_inference(model)
+        layers = model.model.decoder.layers
+        assert all(type(layer) is cpu_inference.InferenceDecoderLayer for layer in layers)
+        counter = _CountCalls(model)
+        got = decode()
+        # the encoder's self-attention runs as a module; the decoder's one-position steps never call theirs
+        assert counter.calls == 2 * model.config.encoder_layers
+        counter.calls = 0
+        model(input_ids=source, decoder_input_ids=random_ids(3, 4, seed=1))  # four positions: the plain layers
+        assert counter.calls == model.config.encoder_layers + 2 * model.config.decoder_layers
+        counter.remove()
+    for beams in (1, 3):
+        assert torch.equal(got[beams].sequences, expected[beams].sequences)
+        for step, (fast, plain) in enumerate(zip(got[beams].logits, expected[beams].logits, strict=True)):
+            torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5, msg=f"beams {beams}, step {step}")
+    if path == "float32":
+        restore_plain_modules(model)
+        assert all(type(layer) is cpu_inference.VanillaTransformerDecoderLayer for layer in layers)
+
+
+def test_an_inference_decoder_layer_step_matches_the_plain_layers_logits(tiny_model):
+    model = tiny_model()
+    source, start = random_ids(2, 6), random_ids(2, 1, seed=1)
+    with torch.no_grad():
+        encoder = model.get_encoder()(input_ids=source)
+        step = dict(encoder_outputs=encoder, decoder_input_ids=start, use_cache=True)
+        plain = model(**step)
+        plain_next = model(**step | dict(cache=plain.cache, decoder_input_ids=random_ids(2, 1, seed=2)))
+        optimize_for_cpu_inference(model)
+        fast = model(**step)
+        fast_next = model(**step | dict(cache=fast.cache, decoder_input_ids=random_ids(2, 1, seed=2)))
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_next.logits, plain_next.logits, rtol=1e-5, atol=1e-5)
