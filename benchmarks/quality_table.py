@@ -14,16 +14,15 @@ is trained here.
 Then each model against `marian` on the same pair: its mean BLEU over Marian's, and its lowest BLEU over Marian's at
 the same seed, with the bars the README's claims hold them to: mean at least Marian's; for the Trainer runs also no
 seed below 0.9x Marian's at that seed (the `hf-vanilla-train` rows, a user's run of the command line, are held to the
-mean only). Steps per second depend on whatever else the machine ran meanwhile: they are
-not a speed comparison (docs/performance.md has that). `--plot` draws every run's training loss against the step,
-a panel per pair, a colour per model and a line style per seed (needs matplotlib).
+mean only). Steps per second depend on whatever else the machine ran meanwhile: they are not a speed comparison
+(docs/performance.md has that). `--plot` draws every run's training loss against the step, a panel per pair, a
+colour per model and a line style per seed (needs matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from statistics import mean
 
@@ -165,7 +164,6 @@ def render(runs: list[dict], loss_steps: list[int], per_seed: bool, compact: boo
 def plot_losses(runs: list[dict], path: Path) -> Path:
     """Each run's logged training loss against the step: a panel per pair, a colour per model (`vanilla` first,
     `marian` second, then the others by name) and a line style per seed."""
-    sys.path.insert(0, str(REPO))
     from hf_vanilla_transformer import visualization as viz
 
     pairs = sorted({run["pair"] for run in runs})

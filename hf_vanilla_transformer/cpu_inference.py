@@ -290,12 +290,15 @@ def _residual(block: VanillaTransformerSublayer, x: torch.Tensor, sublayer) -> t
 
 def use_inference_decoder_layers(model: nn.Module) -> int:
     """Makes each plain decoder layer of `model` an `InferenceDecoderLayer`, in place; returns how many."""
-    swapped = 0
-    for module in model.modules():
-        if type(module) is VanillaTransformerDecoderLayer:
-            module.__class__ = InferenceDecoderLayer
-            swapped += 1
-    return swapped
+    return _swap_class(model, VanillaTransformerDecoderLayer, InferenceDecoderLayer)
+
+
+def _swap_class(model: nn.Module, old: type[nn.Module], new: type[nn.Module]) -> int:
+    """Every submodule of exactly type `old` becomes a `new` in place (same object, so its hooks stay)."""
+    modules = [module for module in model.modules() if type(module) is old]
+    for module in modules:
+        module.__class__ = new
+    return len(modules)
 
 
 # Subclasses that only change forward; each replaces its plain module, and back.
@@ -398,9 +401,7 @@ def restore_plain_modules(model: nn.Module) -> nn.Module:
             attention.unfuse(layer.training)
     _replace_linears(model, RowBlockLinear, nn.Linear)
     _replace_blocks(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
-    for module in model.modules():
-        if type(module) is InferenceDecoderLayer:
-            module.__class__ = VanillaTransformerDecoderLayer
+    _swap_class(model, InferenceDecoderLayer, VanillaTransformerDecoderLayer)
     return model
 
 
