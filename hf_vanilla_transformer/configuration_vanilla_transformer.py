@@ -8,12 +8,18 @@ single field shows in `validate_architecture` and `validate_token_ids`.
 
 from typing import Literal
 
-from huggingface_hub.dataclasses import strict
+from huggingface_hub.dataclasses import as_validated_field, strict
 from transformers import PreTrainedConfig
 from transformers.utils.type_validators import interval
 
 positive = interval(min=1)
 probability = interval(min=0.0, max=1.0, exclude_max=True)
+
+
+@as_validated_field
+def unset_or_positive(value: float | int | None):
+    if value is not None and not value > 0:
+        raise ValueError(f"Value must be None or greater than 0, got {value}.")
 
 
 @strict
@@ -54,13 +60,16 @@ class VanillaTransformerConfig(PreTrainedConfig):
         decoder_vocab_size: size of the target vocabulary when it is not shared; `None` means `vocab_size`.
         tie_word_embeddings: the pre-softmax projection reuses the decoder embedding (§3.4).
         final_logits_bias: a fixed bias added to the logits (a buffer, not trained), as Marian has; off in the paper.
-        init_scheme: "normal" (every linear layer and the embeddings N(0, init_std), zero biases, as MarianMTModel
-            and BART) or "xavier" (Glorot-uniform linear layers, embeddings N(0, d_model^-0.5), as fairseq and
-            tensor2tensor). The paper does not say. "normal" is the default: with "xavier" the post-LN model learned
-            far slower than MarianMTModel trained alike on real corpora (docs/quality.md has the runs).
-        init_std: standard deviation for `init_scheme="normal"`. 0.02 suits d_model 256 and up; narrower models may
-            need more to start attending to the source: the built-in recipe (d_model 128) sets 0.044, with which its
-            task trains, where with 0.02 it never left the loss of a model that ignores the source.
+        init_scheme: how the linear layers start: "normal" (N(0, init_std), zero biases, as MarianMTModel and
+            BART) or "xavier" (Glorot-uniform, as fairseq and tensor2tensor). The paper does not say. "normal" is
+            the default: with "xavier" the post-LN model learned far slower than MarianMTModel trained alike on
+            real corpora (docs/quality.md has the runs).
+        init_std: standard deviation of the linear layers under `init_scheme="normal"`.
+        embedding_init_std: standard deviation of the token embeddings; `None` (the default) means d_model^-0.5,
+            so that with `scale_embedding` the token vectors start at unit size, as large as the sinusoids added
+            to them. With N(0, 0.02) embeddings instead (MarianMTModel's), positions outweigh tokens at the start
+            and on real corpora some seeds never learn to use the source: the decoder writes one sentence for
+            every input (docs/quality.md has the runs).
         layer_norm_eps: epsilon of every LayerNorm.
         chunked_loss: in training (`model.train()`, labels given, gradients on), compute the loss a block of
             target positions at a time, fused with the pre-softmax projection, so the (tokens x vocab) logits
@@ -100,6 +109,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     final_logits_bias: bool = False
     init_scheme: Literal["normal", "xavier"] = "normal"
     init_std: float | int = interval(min=0.0, exclude_min=True)(default=0.02)
+    embedding_init_std: float | int | None = unset_or_positive(default=None)
     layer_norm_eps: float | int = interval(min=0.0, exclude_min=True)(default=1e-5)
     chunked_loss: bool = True
     use_cache: bool = True

@@ -72,6 +72,7 @@ def marian_config(marian_config) -> VanillaTransformerConfig:
         norm_position="post",
         final_logits_bias=True,
         init_std=mc.init_std,
+        embedding_init_std=mc.init_std,
         pad_token_id=mc.pad_token_id,
         bos_token_id=mc.bos_token_id,
         eos_token_id=mc.eos_token_id,

@@ -309,7 +309,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             # With scale_embedding the N(0, d_model^-0.5) vectors reach unit scale after the sqrt(d_model) factor.
-            std = config.d_model**-0.5 if config.init_scheme == "xavier" else config.init_std
+            std = config.d_model**-0.5 if config.embedding_init_std is None else config.embedding_init_std
             init.normal_(module.weight, mean=0.0, std=std)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])

@@ -200,6 +200,13 @@ def test_non_positive_init_std_and_eps_are_rejected(field, value):
     assert f"field '{field}'" in message and f"greater than 0.0, got {value}" in message
 
 
+@pytest.mark.parametrize("value", [0, -0.05])
+def test_non_positive_embedding_init_std_is_rejected_and_none_means_the_width_rule(value):
+    message = refused(embedding_init_std=value)
+    assert "field 'embedding_init_std'" in message and f"None or greater than 0, got {value}" in message
+    assert VanillaTransformerConfig().embedding_init_std is None
+
+
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_chunked_loss_must_be_a_bool(value):
     assert f"Field 'chunked_loss' expected bool" in refused(chunked_loss=value)
