@@ -307,8 +307,11 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 init.normal_(module.weight, mean=0.0, std=config.init_std)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, VanillaTransformerLearnedPositionalEmbedding):
+            std = config.d_model**-0.5 if config.init_scheme == "xavier" else config.init_std
+            init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.Embedding):
-            # With scale_embedding the N(0, d_model^-0.5) vectors reach unit scale after the sqrt(d_model) factor.
+            # With scale_embedding the N(0, d_model^-0.5) token vectors reach unit size after the sqrt(d_model) factor.
             std = config.d_model**-0.5 if config.embedding_init_std is None else config.embedding_init_std
             init.normal_(module.weight, mean=0.0, std=std)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
