@@ -279,6 +279,19 @@ def run_cli(seed: int, args, sources, references) -> dict:
     }
 
 
+def code_version() -> str | None:
+    """The checkout's commit, with "+changes" where tracked files differ from it; None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
 def print_table(runs: list[dict], every: int) -> None:
     steps = sorted({step for run in runs for step in run["loss"]})
     shown = [s for s in steps if s % (every * max(1, len(steps) // 5)) == 0 or s == steps[-1]] if steps else []
@@ -355,6 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
         "setup": {k: v for k, v in vars(args).items() if k not in ("corpus", "output")},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
+        "code": code_version(),
         "runs": [],
     }
     print(f"{report['pair']}: {len(train_set)} training pairs, {len(sources)} test pairs, vocabulary {len(tokenizer)}")

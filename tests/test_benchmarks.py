@@ -249,6 +249,9 @@ def test_quality_benchmark_trains_and_scores_every_model_once(tmp_path):
         assert run["steps_per_second"] > 0 and 0 <= run["bleu"] <= 100
         assert run["bleu_signature"].startswith("nrefs:1|")
     assert "BLEU over seeds" in done.stdout
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=BENCHMARKS, capture_output=True, text=True)
+    expected = head.stdout.strip() if head.returncode == 0 else None  # the commit the runs came from, where known
+    assert all((run["code"] or "").split("+")[0] == (expected or "") for run in runs)
 
     # A second call runs only what has no file yet: the finished runs are kept as they were, not redone.
     written = {path: path.read_text() for path in files}
