@@ -65,11 +65,11 @@ class VanillaTransformerConfig(PreTrainedConfig):
             the default: with "xavier" the post-LN model learned far slower than MarianMTModel trained alike on
             real corpora (docs/quality.md has the runs).
         init_std: standard deviation of the linear layers under `init_scheme="normal"`.
-        embedding_init_std: standard deviation of the token embeddings; `None` (the default) means d_model^-0.5,
-            so that with `scale_embedding` the token vectors start at unit size, as large as the sinusoids added
-            to them. With N(0, 0.02) embeddings instead (MarianMTModel's), positions outweigh tokens at the start
-            and on real corpora some seeds never learn to use the source: the decoder writes one sentence for
-            every input (docs/quality.md has the runs).
+        embedding_init_std: standard deviation of the token embeddings (learned position tables keep `init_std`);
+            `None` (the default) means d_model^-0.5, so that with `scale_embedding` the token vectors start at 1 a
+            dimension, beside the sinusoids' 0.71. With N(0, 0.02) embeddings instead (MarianMTModel's), positions
+            outweigh tokens at the start and on real corpora some seeds never learn to use the source: the decoder
+            writes one sentence for every input (docs/quality.md has the runs).
         layer_norm_eps: epsilon of every LayerNorm.
         chunked_loss: in training (`model.train()`, labels given, gradients on), compute the loss a block of
             target positions at a time, fused with the pre-softmax projection, so the (tokens x vocab) logits

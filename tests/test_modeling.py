@@ -789,13 +789,17 @@ def test_a_default_model_starts_with_unit_size_token_vectors_and_n0_002_linears(
     embed = model.model.encoder.embed_tokens.weight.detach()
     assert torch.all(embed[0] == 0) and abs(embed[1:].std().item() - 64**-0.5) < 0.05 * 64**-0.5
     scaled_tokens = model.model.encoder.embed_tokens(torch.arange(1, 500)) * config.d_model**0.5
-    assert abs(scaled_tokens.pow(2).mean().sqrt().item() - 1.0) < 0.05  # as large as the sinusoids' unit pairs
+    assert abs(scaled_tokens.pow(2).mean().sqrt().item() - 1.0) < 0.05  # 1 a dimension, beside the sinusoids' 0.71
     assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
 
 
 def test_normal_init_uses_init_std_and_embedding_init_std(tiny_model):
-    model = tiny_model(d_model=64, d_ff=256, num_heads=4, init_scheme="normal", init_std=0.05, embedding_init_std=0.03)
-    for linear, std in [(linear, 0.05) for linear in _layer_linears(model)] + [(model.model.encoder.embed_tokens, 0.03)]:
+    model = tiny_model(d_model=64, d_ff=256, num_heads=4, init_scheme="normal", init_std=0.05, embedding_init_std=0.03,
+                       position_embedding="learned", max_position_embeddings=512)  # fmt: skip
+    positions = [m for m in model.modules() if isinstance(m, modeling.VanillaTransformerLearnedPositionalEmbedding)]
+    assert positions  # a learned position table follows init_std, not embedding_init_std
+    weighted = [(linear, 0.05) for linear in _layer_linears(model) + positions]
+    for linear, std in weighted + [(model.model.encoder.embed_tokens, 0.03)]:
         weight = linear.weight.detach()
         assert abs(weight.std().item() - std) < 0.1 * std
         assert abs(weight.mean().item()) < 0.01
