@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from statistics import mean
 
@@ -46,6 +47,17 @@ def read_runs(results_dir: Path, steps: int) -> list[dict]:
         run["model"] = run["model"].strip()  # the command line's rows read "hf-vanilla-train " when given no option
         runs.append(run)
     return runs
+
+
+def read_folders(folders: list[Path], steps: int) -> list[dict]:
+    """The runs of every folder; where two folders hold the same pair, model and seed (a default's rows before and
+    after a change), each such run's model is named with its folder, so that neither is averaged into the other."""
+    tagged = [(folder, run) for folder in folders for run in read_runs(folder, steps)]
+    counts = Counter((run["pair"], run["model"], run["seed"]) for _, run in tagged)
+    for folder, run in tagged:
+        if counts[run["pair"], run["model"], run["seed"]] > 1:
+            run["model"] = f"{run['model']} ({folder.name})"
+    return [run for _, run in tagged]
 
 
 def spread(values: list[float]) -> str:
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--plot", type=Path, help="Also draw the runs' loss curves into this PNG file.")
     args = parser.parse_args(argv)
     loss_steps = args.loss_steps or default_loss_steps(args.steps)
-    runs = [run for folder in args.results_dir for run in read_runs(Path(folder), args.steps)]
+    runs = read_folders([Path(folder) for folder in args.results_dir], args.steps)
     runs = [run for run in runs if args.seeds is None or run["seed"] in args.seeds]
     if not runs:
         where = " or ".join(args.results_dir) + (f" for seeds {args.seeds}" if args.seeds else "")

@@ -368,6 +368,26 @@ def test_quality_table_reads_several_folders_keeps_the_seeds_asked_and_draws_the
         quality_table.main(["--results_dir", str(tmp_path / "table"), "--seeds", "44"])
 
 
+def test_quality_table_names_the_folder_of_a_run_that_two_folders_hold(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import quality_table
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    for folder, bleu in (("results", 30.0), ("previous_default", 2.0)):
+        run = {"model": "vanilla", "seed": 43, "bleu": bleu, "chrf": 1.0, "steps_per_second": 1.0,
+               "loss": {"1000": 3.0}}  # fmt: skip
+        (tmp_path / folder / "fr-en").mkdir(parents=True)
+        (tmp_path / folder / "fr-en" / "vanilla_1000steps_seed43.json").write_text(json.dumps(run))
+    other = {"model": "marian", "seed": 43, "bleu": 20.0, "chrf": 1.0, "steps_per_second": 1.0, "loss": {"1000": 3.0}}
+    (tmp_path / "results" / "fr-en" / "marian_1000steps_seed43.json").write_text(json.dumps(other))
+    text = quality_table.main(["--results_dir", str(tmp_path / "results"), str(tmp_path / "previous_default")])
+    rows = [line.split(" | ")[1:3] for line in text.splitlines() if line.startswith("| fr-en")][:3]  # the BLEU table
+    # two rows, not one averaged over both folders (16.00); a run only one folder holds keeps its name
+    expected = [["`marian`", "20.00"], ["`vanilla (previous_default)`", "2.00"], ["`vanilla (results)`", "30.00"]]
+    assert sorted(rows) == expected
+
+
 def write_mo(path: Path, messages: dict[str, str], encoding: str = "utf-8") -> None:
     """A GNU gettext catalogue: a header of 32-bit words, two tables of (length, offset), then the strings."""
     items = sorted(messages.items())
