@@ -5,7 +5,9 @@ BPE tokenizer, the same data order, steps and schedule, through a plain `Seq2Seq
 `DataCollatorForSeq2Seq`; then both decode the test split with the same beam search. Printed per seed and
 model: sacreBLEU BLEU and chrF (with signatures), the training loss at fixed steps, and steps per second.
 Mode `cli`: runs `hf-vanilla-train --train_file ... --test_file ...` as a user would, at the same number
-of steps, and reads its scores.
+of steps, and reads its scores. Its output folder sits beside the result file (`<result>.run/`) with a checkpoint
+every `--cli_save_steps` steps (two kept), so that a run cut off resumes from its last checkpoint when the command
+runs again (the command line's own resume, which gives the same model); the folder goes once the result is written.
 
 It needs a parallel corpus, CORPUS/train.jsonl and CORPUS/test.jsonl with lines
 {"translation": {"fr": ..., "en": ...}}; on a Debian machine benchmarks/build_corpus.py makes one from the gettext
@@ -32,6 +34,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -246,35 +249,42 @@ def run_trainer(spec: str, seed: int, args, tokenizer, train_set, sources, refer
     }
 
 
-def run_cli(seed: int, args, sources, references) -> dict:
-    """`hf-vanilla-train` on the corpus with nothing but the data, the languages, the steps and the seed."""
+def run_cli(seed: int, args, output_dir: Path) -> dict:
+    """`hf-vanilla-train` on the corpus with nothing but the data, the languages, the steps and the seed (and how
+    often it saves, which changes nothing in the model), in `output_dir`, where an unfinished run resumes."""
     corpus = Path(args.corpus)
-    with tempfile.TemporaryDirectory() as output_dir:
-        command = [
-            sys.executable, "-m", "train.train",
-            "--train_file", str(corpus / "train.jsonl"),
-            "--test_file", str(corpus / "test.jsonl"),
-            "--source_lang", args.source_lang,
-            "--target_lang", args.target_lang,
-            "--max_steps", str(args.max_steps),
-            "--seed", str(seed),
-            "--output_dir", output_dir,
-            *args.cli_args,
-        ]  # fmt: skip
-        print("$", " ".join(command), flush=True)
-        started = time.perf_counter()
-        subprocess.run(command, check=True, cwd=REPO)
-        seconds = time.perf_counter() - started
-        results = json.loads(Path(output_dir, "all_results.json").read_text())
-        state = json.loads(Path(output_dir, "trainer_state.json").read_text())
+    command = [
+        sys.executable, "-m", "train.train",
+        "--train_file", str(corpus / "train.jsonl"),
+        "--test_file", str(corpus / "test.jsonl"),
+        "--source_lang", args.source_lang,
+        "--target_lang", args.target_lang,
+        "--max_steps", str(args.max_steps),
+        "--seed", str(seed),
+        "--output_dir", str(output_dir),
+        "--save_steps", str(args.cli_save_steps),
+        "--save_total_limit", "2",
+        *args.cli_args,
+    ]  # fmt: skip
+    from hf_vanilla_transformer.training import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(str(output_dir))  # what the command line resumes from
+    resumed_from = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None
+    print("$", " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO)
+    seconds = time.perf_counter() - started
+    results = json.loads(Path(output_dir, "all_results.json").read_text())
+    state = json.loads(Path(output_dir, "trainer_state.json").read_text())
     losses = loss_at_steps(state["log_history"], args.log_every)
     return {
         "model": "hf-vanilla-train " + " ".join(args.cli_args),
         "seed": seed,
         "loss": losses,
         "final_loss": losses.get(args.max_steps),
-        "steps_per_second": round(args.max_steps / results["train_runtime"], 3),
+        "steps_per_second": round((args.max_steps - (resumed_from or 0)) / results["train_runtime"], 3),
         "total_seconds": round(seconds, 1),
+        "resumed_from_step": resumed_from,  # steps/s and total_seconds then cover the steps after it
         **{k.removeprefix("test_"): v for k, v in results.items() if k.startswith("test_")},
     }
 
@@ -335,6 +345,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_test_samples", type=int, default=None, help="Decode only the first N test pairs.")
     parser.add_argument("--log_every", type=int, default=50)
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bar.")
+    parser.add_argument(
+        "--cli_save_steps", type=int, default=100,
+        help="With --mode cli: a checkpoint every N steps, from which a run cut off resumes.",
+    )
     parser.add_argument("--cli_args", nargs=argparse.REMAINDER, default=[], help="With --mode cli: extra arguments.")
     parser.add_argument(
         "--results_dir", default=str(REPO / "benchmarks" / "results_quality"),
@@ -374,17 +388,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{report['pair']}: {len(train_set)} training pairs, {len(sources)} test pairs, vocabulary {len(tokenizer)}")
     for seed, spec in todo:
         print(f"\n=== seed {seed}: {spec} ===", flush=True)
+        path = result_path(results_dir, pair, spec, args.max_steps, seed)
         if args.mode == "cli":
-            run = run_cli(seed, args, sources, references)
+            run = run_cli(seed, args, path.with_suffix(".run"))
         else:
             run = run_trainer(spec, seed, args, tokenizer, train_set, sources, references)
         print(f"BLEU {run['bleu']} chrF {run['chrf']} final loss {run['final_loss']} "
               f"steps/s {run['steps_per_second']}", flush=True)
-        path = result_path(results_dir, pair, spec, args.max_steps, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         staged = path.with_suffix(".partial")
         staged.write_text(json.dumps({**{k: v for k, v in report.items() if k != "runs"}, **run}, indent=2, ensure_ascii=False))
         staged.replace(path)  # a run cut off while writing leaves no file, so it runs again
+        shutil.rmtree(path.with_suffix(".run"), ignore_errors=True)  # the command line's folder, once read
         runs.append(run)
     print_table(runs, args.log_every)
     print(f"\nJSON: {results_dir / pair}")

@@ -262,6 +262,36 @@ def test_quality_benchmark_trains_and_scores_every_model_once(tmp_path):
     assert len(list((tmp_path / "results" / "xx-en").iterdir())) == 8
 
 
+def test_the_command_line_row_resumes_a_run_that_was_cut_off_and_removes_its_folder_once_read(tmp_path):
+    """A 4-step CLI row whose folder holds a run that stopped at step 2 (as a run cut off after its checkpoint would):
+    the row trains steps 3 and 4 from that checkpoint, not again from step 1."""
+    corpus = write_corpus(tmp_path)
+    tiny = ["--config_overrides", "d_model=16,d_ff=32,num_heads=2,encoder_layers=1,decoder_layers=1",
+            "--tokenizer_vocab_size", "120", "--logging_steps", "1", "--num_beams", "1"]  # fmt: skip
+    folder = tmp_path / "results" / "xx-en" / ("hf-vanilla-train_" + "_".join(tiny).replace(",", "_") + "_4steps_seed1")
+    run_dir = folder.with_suffix(".run")
+    first = subprocess.run(
+        [sys.executable, "-m", "train.train", "--train_file", str(corpus / "train.jsonl"), "--source_lang", "xx",
+         "--target_lang", "en", "--max_steps", "2", "--seed", "1", "--output_dir", str(run_dir), "--save_steps", "2",
+         "--save_total_limit", "2", *tiny],
+        capture_output=True, text=True, cwd=BENCHMARKS.parent, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (run_dir / "checkpoint-2").is_dir()
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_quality.py"), "--corpus", str(corpus), "--source_lang", "xx",
+         "--mode", "cli", "--seeds", "1", "--max_steps", "4", "--vocab_size", "120", "--log_every", "1",
+         "--cli_save_steps", "2", "--results_dir", str(tmp_path / "results"), "--cli_args", *tiny],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    [result] = (tmp_path / "results" / "xx-en").glob("*.json")
+    run = json.loads(result.read_text())
+    assert run["resumed_from_step"] == 2 and set(run["loss"]) == {"1", "2", "3", "4"}
+    assert run["model"] == "hf-vanilla-train " + " ".join(tiny) and 0 <= run["bleu"] <= 100
+    assert not run_dir.exists() and result.with_suffix(".run") == run_dir
+
+
 def test_marian_init_starts_from_marians_own_draw():
     sys.path.insert(0, str(BENCHMARKS))
     try:
