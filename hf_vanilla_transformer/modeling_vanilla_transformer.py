@@ -300,15 +300,17 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         config = self.config
+        # The width rule of the defaults (docs/quality.md): 0.5 * d_model^-0.5 for the linear layers.
+        linear_std = 0.5 * config.d_model**-0.5 if config.init_std is None else config.init_std
         if isinstance(module, nn.Linear):
             if config.init_scheme == "xavier":
                 init.xavier_uniform_(module.weight)
             else:
-                init.normal_(module.weight, mean=0.0, std=config.init_std)
+                init.normal_(module.weight, mean=0.0, std=linear_std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, VanillaTransformerLearnedPositionalEmbedding):
-            std = config.d_model**-0.5 if config.init_scheme == "xavier" else config.init_std
+            std = config.d_model**-0.5 if config.init_scheme == "xavier" else linear_std
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.Embedding):
             # With scale_embedding the N(0, d_model^-0.5) token vectors reach unit size after the sqrt(d_model) factor.

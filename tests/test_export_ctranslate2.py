@@ -53,7 +53,7 @@ def train_reverser(tokenizer, norm_position: str, position_embedding: str):
     config = VanillaTransformerConfig(
         vocab_size=len(tokenizer), d_model=32, d_ff=64, num_heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0,
         max_position_embeddings=64, norm_position=norm_position, position_embedding=position_embedding,
-        embedding_init_std=0.02,  # the start these 200 steps at lr 1e-2 were sized for
+        init_std=0.02, embedding_init_std=0.02,  # the start these 200 steps at lr 1e-2 were sized for
     )  # fmt: skip
     model = VanillaTransformerForConditionalGeneration(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
