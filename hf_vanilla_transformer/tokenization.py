@@ -63,13 +63,15 @@ def train_bpe_tokenizer(
     min_frequency: int = 2,
     model_max_length: int = 1024,
     show_progress: bool = False,
+    size_is_a_ceiling: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Learn one BPE vocabulary shared by source and target from `texts` (both sides, mixed).
 
     The special tokens have fixed ids: `<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3. Every encoded
     sequence ends with `</s>` and has no `<s>`: the decoder starts from `<s>` as its
     `decoder_start_token_id` instead. The vocabulary can come out smaller than `vocab_size` when
-    the text has fewer merges to offer; below half of it, a warning says so.
+    the text has fewer merges to offer; below half of it, a warning says so, unless `size_is_a_ceiling` says that
+    the caller counts on `min_frequency` to size the vocabulary to the text.
     """
     check_int(
         "vocab_size",
@@ -107,7 +109,12 @@ def train_bpe_tokenizer(
         # The metaspace decoder already restores spaces; the cleanup would glue "a ." into "a.".
         clean_up_tokenization_spaces=False,
     )
-    if len(tokenizer) < vocab_size / 2:
+    if size_is_a_ceiling:
+        logger.info(
+            "Trained a shared BPE vocabulary of %d tokens (at most %d, every merge seen at least %d times).",
+            len(tokenizer), vocab_size, min_frequency,
+        )  # fmt: skip
+    elif len(tokenizer) < vocab_size / 2:
         logger.warning(
             "The BPE vocabulary has %d tokens, far fewer than the %d asked for: the text offers no more merges seen "
             "at least min_frequency=%d times. More text gives a larger vocabulary; a vocab_size of %d gives this one.",

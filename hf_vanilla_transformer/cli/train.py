@@ -178,11 +178,18 @@ def build_tokenizer(
         return named_tokenizer(model_args)
     limit = model_args.tokenizer_train_samples or (STREAM_TOKENIZER_SAMPLE if streaming else TOKENIZER_SAMPLE)
     logger.info(
-        "Training a shared BPE tokenizer (vocabulary %d) on %s %s pairs of the training data.",
-        model_args.tokenizer_vocab_size, "the first" if streaming else "at most", f"{limit:,}",
+        "Training a shared BPE tokenizer on %s %s pairs of the training data: a vocabulary of at most %d, of merges "
+        "seen at least %d times (--tokenizer_vocab_size, --tokenizer_min_frequency).",
+        "the first" if streaming else "at most", f"{limit:,}", model_args.tokenizer_vocab_size,
+        model_args.tokenizer_min_frequency,
     )  # fmt: skip
     texts = tokenizer_training_texts(train_split, source_lang, target_lang, max_pairs=limit, seed=seed)
-    return train_bpe_tokenizer(texts, vocab_size=model_args.tokenizer_vocab_size)
+    return train_bpe_tokenizer(
+        texts,
+        vocab_size=model_args.tokenizer_vocab_size,
+        min_frequency=model_args.tokenizer_min_frequency,
+        size_is_a_ceiling=True,
+    )
 
 
 def built_once(training_args, build):

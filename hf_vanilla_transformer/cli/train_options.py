@@ -56,6 +56,13 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=8000, metadata={"help": "Vocabulary size of a newly trained shared BPE tokenizer (paper: ~37000)."}
     )
+    tokenizer_min_frequency: int = field(
+        default=2,
+        metadata={
+            "help": "A new BPE tokenizer merges only pairs seen at least this often, so a small corpus gets a smaller "
+            "vocabulary than --tokenizer_vocab_size (the paper recipe: 20)."
+        },
+    )
     tokenizer_train_samples: int | None = field(
         default=None,
         metadata={

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -19,6 +20,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerState
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.cli.train import (
+    build_tokenizer,
     command_line_names,
     main,
     parse_args,
@@ -347,6 +349,27 @@ def test_paper_big_builds_on_paper():
     assert training_args.do_train and training_args.warmup_steps == 4000  # the paper recipe's
     assert recipe_args.paper_learning_rate and recipe_args.max_tokens_per_batch == 4096
     assert training_args.adam_beta2 == 0.98 and training_args.label_smoothing_factor == 0.1
+
+
+def test_the_paper_recipe_sizes_a_new_vocabulary_to_the_data(caplog):
+    # "commun"/"common" stand in 25 pairs, "rare"/"scarce" in 9: the paper recipe's BPE merges only what it sees
+    # 20 times.
+    pairs = [{"fr": "commun", "en": "common"}] * 25 + [{"fr": "rare", "en": "scarce"}] * 9
+    split = datasets.Dataset.from_dict({"translation": pairs})
+
+    def vocabulary(*extra):
+        model_args, *_ = parse_args([*DATA, *extra])
+        return build_tokenizer(model_args, split, "fr", "en", streaming=False).get_vocab()
+
+    with caplog.at_level(logging.INFO):
+        paper = vocabulary()
+    assert load_recipe("paper")["tokenizer_min_frequency"] == 20
+    assert "▁common" in paper and "▁commun" in paper and "▁rare" not in paper and "▁scarce" not in paper
+    assert "at most 37000, of merges seen at least 20 times" in caplog.text
+    assert f"vocabulary of {len(paper)} tokens (at most 37000" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a small corpus is no mistake
+    assert {"▁rare", "▁scarce"} <= vocabulary("--tokenizer_min_frequency", "5").keys()
+    assert load_recipe("builtin").get("tokenizer_min_frequency", 2) == 2  # the built-in task's vocabulary is as it was
 
 
 @pytest.mark.parametrize(
