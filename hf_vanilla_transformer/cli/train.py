@@ -257,8 +257,8 @@ def command_line_names(argv: list[str] | None) -> set[str]:
 
 
 def resolve_schedule(recipe_args: RecipeArguments, training_args, d_model: int, given: set[str]) -> None:
-    """The peak learning rate and the warm-up the run will use; what the command line asks for wins over a
-    recipe, and every value the recipe's own would not fit is said in the log."""
+    """The peak learning rate, the warm-up and the gradient clipping the run will use, each said in the log; what
+    the command line asks for wins over a recipe, and every value the recipe's own would not fit is said too."""
     if recipe_args.paper_learning_rate and "learning_rate" in given:
         if "paper_learning_rate" in given:
             raise ValueError(
@@ -284,6 +284,10 @@ def resolve_schedule(recipe_args: RecipeArguments, training_args, d_model: int, 
         # The peak of the recipe's own schedule (§5.3), also when its warm-up was shortened above.
         training_args.learning_rate = paper_learning_rate(d_model, max(1, int(warmup)))
         logger.info("Learning rate peak %.3g (d_model^-0.5 * warmup^-0.5, §5.3).", training_args.learning_rate)
+    if training_args.max_grad_norm > 0:  # the paper says nothing of clipping; the base model stalls without it
+        logger.info("Gradients clipped at norm %g (--max_grad_norm; 0 turns clipping off).", training_args.max_grad_norm)
+    else:
+        logger.info("No gradient clipping (--max_grad_norm 0).")
 
 
 def resolve_label_smoothing(model_args: ModelArguments, training_args, given: set[str]) -> None:

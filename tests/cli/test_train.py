@@ -330,6 +330,11 @@ def test_an_explicit_learning_rate_wins_over_the_paper_recipe(caplog):
     with caplog.at_level(logging.INFO, logger="hf_vanilla_transformer.train"):
         assert schedule([*DATA, "--learning_rate", "0.0015"]) == (0.0015, 4000)
     assert "paper_learning_rate is not used" in caplog.text
+    assert "Gradients clipped at norm 1 " in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_vanilla_transformer.train"):
+        schedule([*DATA, "--max_grad_norm", "0"])
+    assert "No gradient clipping" in caplog.text
     assert schedule(DATA) == (pytest.approx(512**-0.5 * 4000**-0.5), 4000)
     with pytest.raises(ValueError, match="pass one of them"):
         schedule([*DATA, "--learning_rate", "0.0015", "--paper_learning_rate", "true"])
