@@ -257,8 +257,9 @@ def command_line_names(argv: list[str] | None) -> set[str]:
 
 
 def resolve_schedule(recipe_args: RecipeArguments, training_args, d_model: int, given: set[str]) -> None:
-    """The peak learning rate, the warm-up and the gradient clipping the run will use, each said in the log; what
-    the command line asks for wins over a recipe, and every value the recipe's own would not fit is said too."""
+    """The peak learning rate, the warm-up and the gradient clipping the run will use; what the command line asks
+    for wins over a recipe, the peak and the clipping are said in the log, and so is every value the recipe's own
+    would not fit."""
     if recipe_args.paper_learning_rate and "learning_rate" in given:
         if "paper_learning_rate" in given:
             raise ValueError(
