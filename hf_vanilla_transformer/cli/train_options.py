@@ -128,6 +128,20 @@ class RecipeArguments:
         default=False,
         metadata={"help": "Set learning_rate to d_model^-0.5 * warmup_steps^-0.5, the peak of the paper's schedule."},
     )
+    short_run_steps: int = field(
+        default=0,
+        metadata={
+            "help": "A run of fewer --max_steps than this trains short_run_config_overrides' model unless the command "
+            "line gives --preset or --config_overrides (paper: 4000, its warm-up). 0: never."
+        },
+    )
+    short_run_config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Config values for a run shorter than short_run_steps (paper: d_model 256, 3+3 layers; its base "
+            "model learned nothing from the source in 1000 steps, docs/quality.md)."
+        },
+    )
     num_beams: int = field(default=4, metadata={"help": "Beam size saved in generation_config (§6.1: 4)."})
     length_penalty: float = field(default=0.6, metadata={"help": "Length penalty alpha saved in generation_config (§6.1: 0.6)."})
     max_new_tokens_beyond_source: int = field(

@@ -20,12 +20,14 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerState
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.builtin_task import SOURCE_LANG, TARGET_LANG, load_builtin_dataset
 from hf_vanilla_transformer.cli.train import (
+    Arguments,
     build_tokenizer,
     command_line_names,
     main,
     parse_args,
     resolve_label_smoothing,
     resolve_schedule,
+    resolve_short_run_model,
     run,
 )
 from hf_vanilla_transformer.cli.train_options import load_recipe
@@ -348,6 +350,34 @@ def test_a_run_shorter_than_the_recipes_warm_up_warms_up_over_a_fifth_of_it(capl
     assert "too short for the recipe's 4000 warm-up steps" in caplog.text
     assert schedule([*DATA, "--max_steps", "1000", "--warmup_steps", "600"])[1] == 600  # asked for: kept
     assert schedule([*DATA, "--max_steps", "50000"])[1] == 4000
+
+
+def short_run_model(argv: list[str]):
+    """The model config the command line trains, and the model arguments after the short-run rule."""
+    args = Arguments(*parse_args(argv))
+    resolve_short_run_model(args, command_line_names(argv))
+    return args.model.config_overrides, args.model.preset
+
+
+def test_a_run_too_short_for_the_recipes_model_trains_its_short_run_model(caplog):
+    short = "d_model=256,d_ff=1024,num_heads=4,encoder_layers=3,decoder_layers=3"
+    assert load_recipe("paper")["short_run_steps"] == 4000
+    with caplog.at_level(logging.WARNING, logger="hf_vanilla_transformer.train"):
+        assert short_run_model([*DATA, "--max_steps", "1000"]) == (short, "base")
+    assert "max_steps 1000 is too few for the base model to learn from the source" in caplog.text
+    assert "training d_model=256, d_ff=1024, num_heads=4, encoder_layers=3, decoder_layers=3 instead" in caplog.text
+    # Its peak learning rate is the paper's formula at its own width, reached at step 200.
+    assert schedule([*DATA, "--max_steps", "1000"], d_model=256) == (pytest.approx(256**-0.5 * 4000**-0.5), 200)
+    assert short_run_model(["--recipe", "paper_big", *DATA, "--max_steps", "1000"]) == (short, "big")
+    # What a user chose, and runs as long as the recipe's warm-up, keep their model.
+    assert short_run_model([*DATA, "--max_steps", "4000"]) == (None, "base")
+    assert short_run_model(DATA) == (None, "base")  # the recipe's 100000 steps
+    assert short_run_model([*DATA, "--max_steps", "1000", "--preset", "base"]) == (None, "base")
+    assert short_run_model([*DATA, "--max_steps", "1000", "--preset", "C1"]) == (None, "C1")
+    assert short_run_model([*DATA, "--max_steps", "1000", "--config_overrides", "d_ff=4096"]) == ("d_ff=4096", "base")
+    assert short_run_model(["--recipe", "builtin", "--max_steps", "1000"])[0] == load_recipe("builtin")["config_overrides"]
+    pretrained = short_run_model([*DATA, "--max_steps", "1000", "--model_name_or_path", "some/model"])
+    assert pretrained == (None, "base")
 
 
 def test_paper_big_builds_on_paper():
