@@ -187,6 +187,17 @@ def test_train_from_jsonl_files(pairs):
     assert results["train_samples_per_second"] == pytest.approx(seen / results["train_runtime"], rel=0.02)
 
 
+def test_a_short_run_of_the_paper_recipe_trains_and_saves_its_short_run_model(pairs):
+    folder, records = pairs
+    train_file = write_jsonl(folder / "short-train.jsonl", records["train"])
+    output_dir = folder / "short-run"
+    run(["--train_file", str(train_file), "--output_dir", str(output_dir), *TINY, "--source_lang", "en",
+         "--target_lang", "de", "--max_steps", "1"])  # fmt: skip
+    config = AutoModelForSeq2SeqLM.from_pretrained(output_dir).config
+    sizes = (config.d_model, config.d_ff, config.num_heads, config.encoder_layers, config.decoder_layers)
+    assert sizes == (256, 1024, 4, 3, 3)
+
+
 def test_train_from_aligned_text_files(pairs):
     folder, records = pairs
     for split in ("train", "test"):
