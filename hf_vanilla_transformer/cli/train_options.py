@@ -131,8 +131,8 @@ class RecipeArguments:
     short_run_steps: int = field(
         default=0,
         metadata={
-            "help": "A run of fewer --max_steps than this trains short_run_config_overrides' model unless the command "
-            "line gives --preset or --config_overrides (paper: 4000, its warm-up). 0: never."
+            "help": "A run of fewer --max_steps than this trains short_run_config_overrides' model, unless --preset "
+            "or --config_overrides is given or a model is fine-tuned (paper: 4000, its warm-up). 0: never."
         },
     )
     short_run_config_overrides: str | None = field(
