@@ -21,11 +21,14 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .modeling_vanilla_transformer import (
     VanillaTransformerAttention,
+    VanillaTransformerDecoder,
     VanillaTransformerDecoderLayer,
     VanillaTransformerFeedForward,
     VanillaTransformerSinusoidalPositionalEncoding,
@@ -273,6 +276,64 @@ class InferenceDecoderLayer(VanillaTransformerDecoderLayer):
         return _residual(self.feed_forward_sublayer, hidden_states, feed_forward.forward)
 
 
+class InferenceDecoder(VanillaTransformerDecoder):
+    """A decoder stack whose decoding steps (one new position a sequence over transformers' dynamic cache, what
+    generate() runs) skip what the plain forward does for any input: the input checks, transformers' two mask builders
+    (about 15 microseconds each here) and output capturing. A step needs no mask over the targets (its one position
+    sees every cached one), and the source's padding mask is the one transformers builds for SDPA. It computes what
+    the plain stack does. Anything else runs the plain forward: training, autograd or torch.compile, several
+    positions, embeddings or a decoder attention mask passed in, another cache, recorded outputs, an attention
+    implementation other than "sdpa". Set by changing the class in place, as `InferenceDecoderLayer`."""
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        cache=None,
+        inputs_embeds=None,
+        use_cache=None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        config = self.config
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or input_ids is None
+            or input_ids.dim() != 2
+            or input_ids.shape[1] != 1
+            or attention_mask is not None
+            or inputs_embeds is not None
+            or encoder_hidden_states is None
+            or encoder_hidden_states.shape[0] != input_ids.shape[0]
+            or (encoder_attention_mask is not None and encoder_attention_mask.dim() != 2)
+            or not isinstance(cache, EncoderDecoderCache)
+            or not isinstance(cache.self_attention_cache, DynamicCache)
+            or not (config.use_cache if use_cache is None else use_cache)
+            or kwargs.keys() - {"return_dict"}
+            or not kwargs.get("return_dict", config.return_dict)
+            or config.output_attentions
+            or config.output_hidden_states
+            or config._attn_implementation != "sdpa"
+        ):
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=encoder_attention_mask, cache=cache, inputs_embeds=inputs_embeds,
+                use_cache=use_cache, **kwargs,
+            )  # fmt: skip
+        past_length = cache.self_attention_cache.get_seq_length()
+        position_ids = torch.full((1, 1), past_length, device=input_ids.device)
+        hidden_states = self.embed(self.embed_tokens(input_ids), position_ids, past_length + 1)
+        source_mask = encoder_attention_mask
+        if source_mask is not None:  # as transformers builds it for SDPA: none where no source is padded
+            source_mask = None if source_mask.all() else source_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, encoder_hidden_states, source_mask, cache=cache)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.finish(hidden_states), cache=cache)
+
+
 def _attend(attention: VanillaTransformerAttention, query, key, value, mask) -> torch.Tensor:
     """§3.2.2 for one query position: SDPA over every head, the heads concatenated, W^O."""
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scaling)
@@ -289,7 +350,13 @@ def _residual(block: VanillaTransformerSublayer, x: torch.Tensor, sublayer) -> t
 
 
 def use_inference_decoder_layers(model: nn.Module) -> int:
-    """Makes each plain decoder layer of `model` an `InferenceDecoderLayer`, in place; returns how many."""
+    """Makes each plain decoder layer of `model` an `InferenceDecoderLayer` and its decoder stack an
+    `InferenceDecoder`, in place; returns how many layers."""
+    for decoder in [module for module in model.modules() if type(module) is VanillaTransformerDecoder]:
+        decoder.__class__ = InferenceDecoder
+        # transformers' output capturing looks up what a model records by its class, registered when a model is
+        # built; the swapped stack records what the plain one does (hidden states and attentions, by its plain forward)
+        _CAN_RECORD_REGISTRY[decoder] = decoder._can_record_outputs
     return _swap_class(model, VanillaTransformerDecoderLayer, InferenceDecoderLayer)
 
 
@@ -402,11 +469,13 @@ def restore_plain_modules(model: nn.Module) -> nn.Module:
     _replace_linears(model, RowBlockLinear, nn.Linear)
     _replace_blocks(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
     _swap_class(model, InferenceDecoderLayer, VanillaTransformerDecoderLayer)
+    _swap_class(model, InferenceDecoder, VanillaTransformerDecoder)
     return model
 
 
 __all__ = [
     "FusedQKVAttention",
+    "InferenceDecoder",
     "InferenceDecoderLayer",
     "InferenceFeedForward",
     "InferenceSublayer",

@@ -332,17 +332,31 @@ class _CountCalls:
             handle.remove()
 
 
-@pytest.mark.parametrize("norm_position", ["post", "pre"])
+@pytest.mark.parametrize("norm_position, padded", [("post", True), ("pre", True), ("post", False)])
 @pytest.mark.parametrize("path", ["float32", "int8"])
 def test_inference_decoder_layers_take_decoding_steps_in_one_forward_and_compute_the_plain_layers(
-    tiny_model, norm_position, path
+    tiny_model, norm_position, padded, path, monkeypatch
 ):
+    from hf_vanilla_transformer import modeling_vanilla_transformer as modeling
     from hf_vanilla_transformer.quantization import quantize_int8
+
+    masks_built = []  # the name of the builder of each mask the stacks ask transformers for
+
+    def counted(name, builder):
+        def build(*args, **kwargs):
+            masks_built.append(name)
+            return builder(*args, **kwargs)
+
+        return build
+
+    for name in ("create_causal_mask", "create_bidirectional_mask"):
+        monkeypatch.setattr(modeling, name, counted(name, getattr(modeling, name)))
 
     model = tiny_model(norm_position=norm_position, init_std=0.3)  # large weights: outputs that differ by token
     source = random_ids(3, 7)
     mask = torch.ones_like(source)
-    mask[0, 4:] = 0  # a padded source: the encoder-decoder attention gets a mask
+    if padded:
+        mask[0, 4:] = 0  # a padded source: the encoder-decoder attention gets a mask
     options = dict(input_ids=source, attention_mask=mask, max_new_tokens=9, min_new_tokens=9, output_logits=True,
                    return_dict_in_generate=True)  # fmt: skip
 
@@ -354,16 +368,21 @@ def test_inference_decoder_layers_take_decoding_steps_in_one_forward_and_compute
             model = quantize_int8(model)
             with pytest.MonkeyPatch.context() as patch:  # the plain layers' forward over the same int8 modules
                 patch.setattr(cpu_inference.InferenceDecoderLayer, "forward", cpu_inference.VanillaTransformerDecoderLayer.forward)
+                patch.setattr(cpu_inference.InferenceDecoder, "forward", cpu_inference.VanillaTransformerDecoder.forward)
                 expected = decode()
         else:
             expected = decode()
             optimize_for_cpu_inference(model)
         layers = model.model.decoder.layers
         assert all(type(layer) is cpu_inference.InferenceDecoderLayer for layer in layers)
+        assert type(model.model.decoder) is cpu_inference.InferenceDecoder
         counter = _CountCalls(model)
+        masks_built.clear()
         got = decode()
         # the encoder's self-attention runs as a module; the decoder's one-position steps never call theirs
         assert counter.calls == 2 * model.config.encoder_layers
+        # and the decoder stack builds no masks in its steps: the encoder's one mask for each of the two decodes
+        assert masks_built == ["create_bidirectional_mask"] * 2
         counter.calls = 0
         model(input_ids=source, decoder_input_ids=random_ids(3, 4, seed=1))  # four positions: the plain layers
         assert counter.calls == model.config.encoder_layers + 2 * model.config.decoder_layers
@@ -375,6 +394,7 @@ def test_inference_decoder_layers_take_decoding_steps_in_one_forward_and_compute
     if path == "float32":
         restore_plain_modules(model)
         assert all(type(layer) is cpu_inference.VanillaTransformerDecoderLayer for layer in layers)
+        assert type(model.model.decoder) is cpu_inference.VanillaTransformerDecoder
 
 
 def test_an_inference_decoder_layer_step_matches_the_plain_layers_logits(tiny_model):
