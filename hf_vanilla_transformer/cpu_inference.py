@@ -261,13 +261,13 @@ class InferenceDecoderLayer(VanillaTransformerDecoderLayer):
         self_attn, cross_attn, feed_forward = self.self_attn, self.cross_attn, self.feed_forward
 
         def masked_self_attention(x):
-            query, key, value = self_attn.project_qkv(x)
+            query, key, value = _one_position_qkv(self_attn, x)
             if self_cache is not None:
                 key, value = self_cache.update(key, value, self_attn.layer_idx)
             return _attend(self_attn, query, key, value, attention_mask)
 
         def encoder_decoder_attention(x):
-            query = cross_attn._heads(cross_attn.q_proj.forward(x), cross_attn.d_k)
+            query = _one_position_heads(cross_attn.q_proj.forward(x), cross_attn.num_heads, cross_attn.d_k)
             key, value = cross_attn.source_keys_values(encoder_hidden_states, cross_cache)
             return _attend(cross_attn, query, key, value, encoder_attention_mask)
 
@@ -334,11 +334,26 @@ class InferenceDecoder(VanillaTransformerDecoder):
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.finish(hidden_states), cache=cache)
 
 
+def _one_position_heads(states: torch.Tensor, heads: int, size: int) -> torch.Tensor:
+    """(batch, 1, heads * size) -> (batch, heads, 1, size): with one position, a view without the transpose."""
+    return states.view(states.shape[0], heads, 1, size)
+
+
+def _one_position_qkv(attention: VanillaTransformerAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Self-attention's query, key and value for one position, each (batch, heads, 1, size)."""
+    heads, d_k, d_v = attention.num_heads, attention.d_k, attention.d_v
+    if isinstance(attention, FusedQKVAttention):
+        query, key, value = attention.qkv_proj(x).split((heads * d_k, heads * d_k, heads * d_v), dim=-1)
+    else:  # three layers, say wrapped by an adapter: called as modules
+        query, key, value = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
+    return _one_position_heads(query, heads, d_k), _one_position_heads(key, heads, d_k), _one_position_heads(value, heads, d_v)
+
+
 def _attend(attention: VanillaTransformerAttention, query, key, value, mask) -> torch.Tensor:
-    """§3.2.2 for one query position: SDPA over every head, the heads concatenated, W^O."""
+    """§3.2.2 for one query position: SDPA over every head, the heads concatenated (with one position, a view of
+    the (batch, heads, 1, d_v) output), W^O."""
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scaling)
-    batch = output.shape[0]
-    return attention.out_proj.forward(output.transpose(1, 2).reshape(batch, 1, attention.num_heads * attention.d_v))
+    return attention.out_proj.forward(output.reshape(output.shape[0], 1, attention.num_heads * attention.d_v))
 
 
 def _residual(block: VanillaTransformerSublayer, x: torch.Tensor, sublayer) -> torch.Tensor:
