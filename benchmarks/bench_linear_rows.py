@@ -9,11 +9,18 @@ these give the same products, but MKL streams W at different speeds:
 - (W x^T)^T, the transposed orientation;
 - row blocks: W split by output rows into one block per thread, the blocks' products run as one batched
   product (for one row; MKL's matrix-vector product keeps to one core);
-- oneDNN's linear over a weight prepacked in its own layout (`torch.utils.mkldnn.to_mkldnn`), the other kernel
-  library torch ships for the CPU.
+- oneDNN's linear over the weight as a oneDNN tensor in the plain layout (`torch.utils.mkldnn.to_mkldnn`, the
+  public route to the other kernel library torch ships for the CPU).
 For each row count and weight shape this prints the milliseconds of x W^T per product (median over rounds, the
 four interleaved) and the speed-up of the other three over it; `RowBlockLinear` takes row blocks for 1 row
 and (W x^T)^T for 2 to 32.
+
+    python benchmarks/bench_linear_rows.py --rows 1,16 --prepacked
+
+adds a fifth: oneDNN's product over a weight reordered once into its blocked layout for that row count, the kernel
+`torch.compile`'s freezing uses where shapes vary. It is reached only through private operators
+(`torch.ops.mkldnn._reorder_linear_weight`, `_linear_pointwise`): timed to show what the CPU could do, not used
+by the package.
 """
 
 from __future__ import annotations
@@ -29,33 +36,41 @@ from hf_vanilla_transformer.cpu_inference import row_block_product
 
 
 PRODUCTS = ("x W^T", "(W x^T)^T", "row blocks", "oneDNN")
+PREPACKED = "oneDNN prepacked (private)"
 
 
-def products(weight: torch.Tensor, bias: torch.Tensor) -> list:
-    """The four ways of computing x W^T + b for a few rows x, each a function of x, in the order of PRODUCTS."""
+def products(weight: torch.Tensor, bias: torch.Tensor, prepacked_rows: int | None = None) -> list:
+    """The four ways of computing x W^T + b for a few rows x, each a function of x, in the order of PRODUCTS; with
+    `prepacked_rows`, a fifth (PREPACKED) whose weight is laid out for that many rows."""
     with warnings.catch_warnings():  # the utility's modules are TorchScript, which warns that it is deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         from torch.utils import mkldnn
 
         packed = mkldnn.to_mkldnn(_linear(weight, bias))
-    return [
+    fns = [
         lambda x: torch.nn.functional.linear(x, weight, bias),
         lambda x: torch.addmm(bias.unsqueeze(1), weight, x.t()).t().contiguous(),
         # as RowBlockLinear computes one row, transposed back as it would need for more
         lambda x: row_block_product(weight, bias, x.t(), torch.get_num_threads()).t().contiguous(),
         packed,
     ]
+    if prepacked_rows is not None:
+        blocked = torch.ops.mkldnn._reorder_linear_weight(weight, prepacked_rows)
+        fns.append(lambda x: torch.ops.mkldnn._linear_pointwise(x, blocked, bias, "none", [], ""))
+    return fns
 
 
-def product_times(rows: int, out_features: int, in_features: int, rounds: int, copies: int = 16) -> list[float]:
-    """Milliseconds per product of each of PRODUCTS (median over rounds, interleaved). Several weights of the same
-    shape are used in turn, so that each product reads its weight from memory as the model's layers do, not from a
-    warm cache."""
+def product_times(
+    rows: int, out_features: int, in_features: int, rounds: int, copies: int = 16, prepacked: bool = False
+) -> list[float]:
+    """Milliseconds per product of each of PRODUCTS (and PREPACKED) (median over rounds, interleaved). Several
+    weights of the same shape are used in turn, so that each product reads its weight from memory as the model's
+    layers do, not from a warm cache."""
     weights = [torch.randn(out_features, in_features) for _ in range(copies)]
     biases = [torch.randn(out_features) for _ in range(copies)]
     x = torch.randn(rows, in_features)
-    by_weight = [products(weight, bias) for weight, bias in zip(weights, biases)]
-    fns = [[fns[i] for fns in by_weight] for i in range(len(PRODUCTS))]  # each: one product over every weight
+    by_weight = [products(weight, bias, rows if prepacked else None) for weight, bias in zip(weights, biases)]
+    fns = [[fns[i] for fns in by_weight] for i in range(len(by_weight[0]))]  # each: one product over every weight
     times = [[] for _ in fns]
     for round_index in range(rounds + 1):
         order = range(len(fns)) if round_index % 2 else reversed(range(len(fns)))
@@ -94,6 +109,7 @@ def main() -> None:
     parser.add_argument("--d_ff", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prepacked", action="store_true", help=f"also time {PREPACKED}")
     args = parser.parse_args()
     torch.manual_seed(0)
     d, f = args.d_model, args.d_ff
@@ -101,16 +117,18 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32. Each cell: ms per product as x W^T, "
         "then the speed-up of (W x^T)^T, of row blocks and of oneDNN over it"
+        + (f" and of {PREPACKED}" if args.prepacked else "")
     )
     print(f"memory read bandwidth (torch.sum over 256 MB): {read_bandwidth_gbs():.1f} GB/s")
-    print("rows  " + "".join(f"{f'{o}x{i}':>32}" for o, i in shapes))
+    width = 38 if args.prepacked else 32
+    print("rows  " + "".join(f"{f'{o}x{i}':>{width}}" for o, i in shapes))
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):
             cells = []
             for out_features, in_features in shapes:
-                plain, *others = product_times(rows, out_features, in_features, args.rounds)
+                plain, *others = product_times(rows, out_features, in_features, args.rounds, prepacked=args.prepacked)
                 cells.append(f"{plain:7.3f} " + " ".join(f"{plain / other:4.2f}x" for other in others))
-            print(f"{rows:<6}" + "".join(f"{cell:>32}" for cell in cells))
+            print(f"{rows:<6}" + "".join(f"{cell:>{width}}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -551,3 +551,19 @@ def test_linear_row_products_compute_the_same_numbers_and_are_each_timed():
     with torch.inference_mode():
         times = bench_linear_rows.product_times(2, 64, 32, rounds=1, copies=2)
     assert len(times) == len(bench_linear_rows.PRODUCTS) and all(t > 0 for t in times)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_the_prepacked_onednn_product_for_reference_computes_the_same_numbers():
+    import bench_linear_rows
+
+    torch.manual_seed(0)
+    weight, bias = torch.randn(301, 40), torch.randn(301)
+    for rows in (1, 16):
+        x = torch.randn(rows, 40)
+        with torch.inference_mode():
+            out = bench_linear_rows.products(weight, bias, prepacked_rows=rows)[-1](x)
+        torch.testing.assert_close(out.double(), x.double() @ weight.double().t() + bias.double(), rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        times = bench_linear_rows.product_times(2, 64, 32, rounds=1, copies=2, prepacked=True)
+    assert len(times) == len(bench_linear_rows.PRODUCTS) + 1 and all(t > 0 for t in times)
