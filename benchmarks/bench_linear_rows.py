@@ -17,10 +17,11 @@ and (W x^T)^T for 2 to 32.
 
     python benchmarks/bench_linear_rows.py --rows 1,16 --prepacked
 
-adds a fifth: oneDNN's product over a weight reordered once into its blocked layout for that row count, the kernel
-`torch.compile`'s freezing uses where shapes vary. It is reached only through private operators
-(`torch.ops.mkldnn._reorder_linear_weight`, `_linear_pointwise`): timed to show what the CPU could do, not used
-by the package.
+adds two more: oneDNN's product over a weight reordered once into its blocked layout for that row count (the kernel
+`torch.compile`'s freezing uses where shapes vary), and MKL's packed product (what it uses where they are fixed).
+They are reached only through private operators (`torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`,
+`torch.ops.mkl._mkl_reorder_linear_weight` and `_mkl_linear`): timed to show what the CPU could do, not used by the
+package.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from hf_vanilla_transformer.cpu_inference import row_block_product
 
 
 PRODUCTS = ("x W^T", "(W x^T)^T", "row blocks", "oneDNN")
-PREPACKED = "oneDNN prepacked (private)"
+PREPACKED = ("oneDNN prepacked (private)", "MKL packed (private)")
 
 
 def products(weight: torch.Tensor, bias: torch.Tensor, prepacked_rows: int | None = None) -> list:
     """The four ways of computing x W^T + b for a few rows x, each a function of x, in the order of PRODUCTS; with
-    `prepacked_rows`, a fifth (PREPACKED) whose weight is laid out for that many rows."""
+    `prepacked_rows`, the two of PREPACKED too, their weights laid out for that many rows."""
     with warnings.catch_warnings():  # the utility's modules are TorchScript, which warns that it is deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         from torch.utils import mkldnn
@@ -57,6 +58,9 @@ def products(weight: torch.Tensor, bias: torch.Tensor, prepacked_rows: int | Non
     if prepacked_rows is not None:
         blocked = torch.ops.mkldnn._reorder_linear_weight(weight, prepacked_rows)
         fns.append(lambda x: torch.ops.mkldnn._linear_pointwise(x, blocked, bias, "none", [], ""))
+        if torch.backends.mkl.is_available():
+            packed_mkl = torch.ops.mkl._mkl_reorder_linear_weight(weight, prepacked_rows)
+            fns.append(lambda x: torch.ops.mkl._mkl_linear(x, packed_mkl, weight, bias, prepacked_rows))
     return fns
 
 
@@ -109,7 +113,7 @@ def main() -> None:
     parser.add_argument("--d_ff", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--prepacked", action="store_true", help=f"also time {PREPACKED}")
+    parser.add_argument("--prepacked", action="store_true", help=f"also time {' and '.join(PREPACKED)}")
     args = parser.parse_args()
     torch.manual_seed(0)
     d, f = args.d_model, args.d_ff
@@ -117,10 +121,10 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32. Each cell: ms per product as x W^T, "
         "then the speed-up of (W x^T)^T, of row blocks and of oneDNN over it"
-        + (f" and of {PREPACKED}" if args.prepacked else "")
+        + (f", of {PREPACKED[0]} and of {PREPACKED[1]}" if args.prepacked else "")
     )
     print(f"memory read bandwidth (torch.sum over 256 MB): {read_bandwidth_gbs():.1f} GB/s")
-    width = 38 if args.prepacked else 32
+    width = 44 if args.prepacked else 32
     print("rows  " + "".join(f"{f'{o}x{i}':>{width}}" for o, i in shapes))
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):

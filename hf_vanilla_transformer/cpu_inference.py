@@ -4,10 +4,11 @@
 over the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
 decoding step has few rows and they measure faster on the machine, each self-attention with a `FusedQKVAttention`,
 which computes Q, K and V in one product, the residual blocks, feed-forward networks and sinusoids with inference
-versions, and each decoder layer with an `InferenceDecoderLayer`, whose decoding steps run as one straight-line
-forward. Each replacement is a new module set on the parent in place of the old one and takes over its submodules,
-as PEFT and transformers' quantizers replace layers; only the self-attention and the decoder layers change their
-class in place, to keep the hooks on them.
+versions, each decoder layer with an `InferenceDecoderLayer`, whose decoding steps run as one straight-line
+forward, and the decoder stack with an `InferenceDecoder`, whose decoding steps skip the input checks and mask
+builders. Each replacement is a new module set on the parent in place of the old one and takes over its submodules,
+as PEFT and transformers' quantizers replace layers; only the self-attention, the decoder layers and the decoder
+stack change their class in place, to keep the hooks on them.
 `restore_plain_modules(model)` puts plain modules back. The int8 path in quantization.py fuses Q, K and V too.
 
 `python benchmarks/bench_linear_rows.py` prints the products side by side; `benchmarks/bench_cpu_engines.py`
@@ -464,7 +465,8 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     """Replaces, in place, every plain `nn.Linear` of `model` with a `RowBlockLinear` over the same parameters, the
     residual blocks, feed-forward networks and sinusoids with inference versions without eval mode's per-step calls,
     fuses each self-attention (`FusedQKVAttention`, keeping its three layers) and makes each decoder layer an
-    `InferenceDecoderLayer` (decoding steps as one straight-line forward); returns the model: faster
+    `InferenceDecoderLayer` (decoding steps as one straight-line forward) and the decoder stack an `InferenceDecoder`
+    (decoding steps without the input checks and mask builders); returns the model: faster
     greedy and small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses
     `train()` until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left
     alone."""

@@ -194,6 +194,20 @@ def test_decode_step_profile_splits_a_step_and_gives_the_bandwidth_floor(tmp_pat
     assert "memory floor" in done.stdout and "outside torch operators" in done.stdout
 
 
+def test_step_overhead_times_the_plain_and_both_optimised_stacks_which_give_the_same_logits(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_step_overhead.py"), "--quick", "--layers", "2", "--cached", "3"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]  # the script compares the three steps' logits before timing
+    lines = [line for line in done.stdout.splitlines() if line.endswith("microseconds a step")]
+    assert [line.split("  ")[0] for line in lines] == [
+        "plain", "inference layers, plain stack", "inference layers and stack"
+    ]  # fmt: skip
+    assert all(float(line.split()[-4]) > 0 for line in lines)
+    assert "thread(s)" in done.stdout
+
+
 def test_train_shapes_are_parsed_and_bad_ones_rejected(tmp_path):
     assert bench_models.parse_shapes("64x32x32,16x128x128:32000", 8000) == [(64, 32, 32, 8000), (16, 128, 128, 32000)]
     done = run_bench(tmp_path, "--train_shapes", "64x32", "--output", "")
@@ -554,7 +568,7 @@ def test_linear_row_products_compute_the_same_numbers_and_are_each_timed():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-def test_the_prepacked_onednn_product_for_reference_computes_the_same_numbers():
+def test_the_prepacked_products_for_reference_compute_the_same_numbers():
     import bench_linear_rows
 
     torch.manual_seed(0)
@@ -562,8 +576,12 @@ def test_the_prepacked_onednn_product_for_reference_computes_the_same_numbers():
     for rows in (1, 16):
         x = torch.randn(rows, 40)
         with torch.inference_mode():
-            out = bench_linear_rows.products(weight, bias, prepacked_rows=rows)[-1](x)
-        torch.testing.assert_close(out.double(), x.double() @ weight.double().t() + bias.double(), rtol=1e-4, atol=1e-4)
+            prepacked = bench_linear_rows.products(weight, bias, prepacked_rows=rows)[len(bench_linear_rows.PRODUCTS):]
+            outputs = [product(x) for product in prepacked]
+        assert len(outputs) == 1 + torch.backends.mkl.is_available()
+        for out in outputs:
+            expected = x.double() @ weight.double().t() + bias.double()
+            torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
     with torch.inference_mode():
         times = bench_linear_rows.product_times(2, 64, 32, rounds=1, copies=2, prepacked=True)
-    assert len(times) == len(bench_linear_rows.PRODUCTS) + 1 and all(t > 0 for t in times)
+    assert len(times) == len(bench_linear_rows.PRODUCTS) + len(outputs) and all(t > 0 for t in times)
