@@ -95,7 +95,8 @@ def main() -> dict:
                 times[name].append((time.perf_counter() - start) / args.steps * 1e6)
     machine = bench_cpu_engines.machine()
     print(f"{machine['processor']}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"d_model 16, {args.layers} + {args.layers} layers, {args.cached} cached positions, {args.source}-token source")
+    layers = f"{args.layers} + {args.layers} layers"
+    print(f"d_model 16, {layers}, {args.cached} cached positions, {args.source} source tokens")
     results = {name: statistics.median(values) for name, values in times.items()}
     for name, micros in results.items():
         print(f"{name:32s} {micros:8.1f} microseconds a step")

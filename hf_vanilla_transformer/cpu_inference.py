@@ -347,7 +347,11 @@ def _one_position_qkv(attention: VanillaTransformerAttention, x: torch.Tensor) -
         query, key, value = attention.qkv_proj(x).split((heads * d_k, heads * d_k, heads * d_v), dim=-1)
     else:  # three layers, say wrapped by an adapter: called as modules
         query, key, value = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
-    return _one_position_heads(query, heads, d_k), _one_position_heads(key, heads, d_k), _one_position_heads(value, heads, d_v)
+    return (
+        _one_position_heads(query, heads, d_k),
+        _one_position_heads(key, heads, d_k),
+        _one_position_heads(value, heads, d_v),
+    )
 
 
 def _attend(attention: VanillaTransformerAttention, query, key, value, mask) -> torch.Tensor:

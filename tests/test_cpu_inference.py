@@ -367,8 +367,11 @@ def test_inference_decoder_layers_take_decoding_steps_in_one_forward_and_compute
         if path == "int8":
             model = quantize_int8(model)
             with pytest.MonkeyPatch.context() as patch:  # the plain layers' forward over the same int8 modules
-                patch.setattr(cpu_inference.InferenceDecoderLayer, "forward", cpu_inference.VanillaTransformerDecoderLayer.forward)
-                patch.setattr(cpu_inference.InferenceDecoder, "forward", cpu_inference.VanillaTransformerDecoder.forward)
+                for fast, plain in [
+                    (cpu_inference.InferenceDecoderLayer, cpu_inference.VanillaTransformerDecoderLayer),
+                    (cpu_inference.InferenceDecoder, cpu_inference.VanillaTransformerDecoder),
+                ]:
+                    patch.setattr(fast, "forward", plain.forward)
                 expected = decode()
         else:
             expected = decode()
