@@ -182,9 +182,13 @@ class FusedQKVAttention(VanillaTransformerAttention):
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if torch.is_grad_enabled() and hasattr(self, "q_proj"):
             return super().project_qkv(hidden_states)  # gradients belong to the three layers
-        sizes = (self.num_heads * self.d_k, self.num_heads * self.d_k, self.num_heads * self.d_v)
-        query, key, value = self.qkv_proj(hidden_states).split(sizes, dim=-1)
+        query, key, value = self.qkv_states(hidden_states)
         return self._heads(query, self.d_k), self._heads(key, self.d_k), self._heads(value, self.d_v)
+
+    def qkv_states(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values from the one product, each (batch, length, heads * size)."""
+        sizes = (self.num_heads * self.d_k, self.num_heads * self.d_k, self.num_heads * self.d_v)
+        return self.qkv_proj(hidden_states).split(sizes, dim=-1)
 
     def train(self, mode: bool = True) -> FusedQKVAttention:
         if mode:
@@ -344,7 +348,7 @@ def _one_position_qkv(attention: VanillaTransformerAttention, x: torch.Tensor) -
     """Self-attention's query, key and value for one position, each (batch, heads, 1, size)."""
     heads, d_k, d_v = attention.num_heads, attention.d_k, attention.d_v
     if isinstance(attention, FusedQKVAttention):
-        query, key, value = attention.qkv_proj(x).split((heads * d_k, heads * d_k, heads * d_v), dim=-1)
+        query, key, value = attention.qkv_states(x)
     else:  # three layers, say wrapped by an adapter: called as modules
         query, key, value = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
     return (
