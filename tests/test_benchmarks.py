@@ -208,6 +208,31 @@ def test_step_overhead_times_the_plain_and_both_optimised_stacks_which_give_the_
     assert "thread(s)" in done.stdout
 
 
+def test_one_query_attention_products_give_sdpas_numbers_and_each_shape_is_timed_cold_and_hot(tmp_path):
+    import bench_one_query_attention
+
+    torch.manual_seed(0)
+    query, keys, values = torch.randn(3, 2, 1, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    scores = (query.double() @ keys.double().transpose(-1, -2)) * 0.3
+    expected = scores.softmax(-1) @ values.double()
+    for name, function in bench_one_query_attention.attention_functions(query, keys, values, 0.3).items():
+        torch.testing.assert_close(function().double(), expected, rtol=1e-5, atol=1e-6, msg=name)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_one_query_attention.py"), "--quick", "--batches", "1,2",
+         "--keys", "3", "--heads", "2", "--head_size", "4", "--threads", "1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        ("1", "3", "cold"), ("1", "3", "hot"), ("2", "3", "cold"), ("2", "3", "hot")
+    ]  # fmt: skip
+    for row in rows:
+        sdpa, matmuls, ratio = map(float, row[3:])
+        assert sdpa > 0 and matmuls > 0 and ratio == pytest.approx(matmuls / sdpa, rel=0.05)  # printed to 0.1 us
+    assert "1 thread(s)" in done.stdout
+
+
 def test_train_shapes_are_parsed_and_bad_ones_rejected(tmp_path):
     assert bench_models.parse_shapes("64x32x32,16x128x128:32000", 8000) == [(64, 32, 32, 8000), (16, 128, 128, 32000)]
     done = run_bench(tmp_path, "--train_shapes", "64x32", "--output", "")
