@@ -3,6 +3,7 @@
     python benchmarks/bench_decoding_ab.py --baseline a9ffa01 --rounds 10
     python benchmarks/bench_decoding_ab.py --quick          # small sizes, to check the script
     python benchmarks/bench_decoding_ab.py --baseline 362b2a6 --rounds 10 --cpu_time   # on a machine others share
+    python benchmarks/bench_decoding_ab.py --baseline 23df3fd --rounds 10 --threads 1
 
 Builds the base model (d_model 512, 6+6 layers, vocabulary 8000) in both packages with the same weights, makes
 this checkout's `optimize_for_cpu_inference` and `quantize_int8` versions and the baseline's own float32 (through
@@ -36,7 +37,10 @@ def main() -> dict:
         help="time in this process's CPU time on one thread, so that time a busy machine gives other processes "
         "does not count (tokens/s are then per CPU second)",
     )
+    parser.add_argument("--threads", type=int, help="torch's thread count, set before the models are built")
     args = parser.parse_args()
+    if args.cpu_time or args.threads:
+        torch.set_num_threads(1 if args.cpu_time else args.threads)  # before optimizing: its choices are per count
 
     from hf_vanilla_transformer.cpu_inference import optimize_for_cpu_inference
     from hf_vanilla_transformer.quantization import quantize_int8
@@ -66,7 +70,6 @@ def main() -> dict:
     cpu = torch.device("cpu")
     clock = time.perf_counter
     if args.cpu_time:
-        torch.set_num_threads(1)
         clock = time.process_time
     results = {}
     for label, batch, beams in [("greedy b1", 1, 1), ("beam4 b1", 1, 4), ("greedy b16", 16, 1)]:

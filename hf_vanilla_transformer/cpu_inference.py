@@ -42,7 +42,10 @@ MIN_WEIGHT_ELEMENTS = 1 << 18
 MAX_FEW_ROWS = 32
 # RowBlockLinear's choice per (out_features, in_features, rows, threads, bias): True where its own product measured
 # faster than F.linear at first use in this process. Its own product must be this much faster to be taken.
-PRODUCT_CHOICES: dict[tuple[int, int, int, int, bool], bool] = {}
+PRODUCT_CHOICES: dict[tuple[int, int, int, int, bool, bool], bool] = {}
+# RowBlockLinear's choice per (out_features, in_features, threads, bias) at its first one-row call with W stored row
+# by row: True where the product measured faster over W stored transposed, which it then keeps.
+LAYOUT_CHOICES: dict[tuple[int, int, int, bool], bool] = {}
 TIMING_TRIALS = 3
 OWN_PRODUCT_MARGIN = 0.95
 EVICTION_BYTES = 64 << 20  # read between timings: more than the last-level cache of most processors
@@ -77,15 +80,23 @@ class RowBlockLinear(nn.Linear):
     and no autograd (a decoding step); anything else is `F.linear`, so it trains, and its numbers are the same up
     to the order of summation.
 
-    - 1 row (greedy search at batch 1): W split by output rows into one block per thread, the blocks' products run
-      as one batched product, a block per thread (where MKL's matrix-vector product keeps to one core);
+    - 1 row (greedy search at batch 1): W stored transposed in memory (the same tensor, its `t()` contiguous), so
+      that MKL's matrix-vector product runs along rows of out_features rather than in_features; or, on several
+      threads, W split by output rows into one block per thread, the blocks' products run as one batched product,
+      a block per thread (where MKL's matrix-vector product keeps to one core);
     - 2 to 32 rows (a small batch or beam): (W x^T)^T instead of x W^T.
 
-    Which is faster depends on the processor and the BLAS build: on an AMD EPYC row blocks doubled the speed of a
-    2-thread batch-1 step, on a Xeon they halved it. So the first call of each shape (weight, rows, threads) times
-    both products on its own input and keeps the faster for the rest of the process (`PRODUCT_CHOICES`), F.linear
-    unless the other is clearly faster. Under `torch.compile` it is `F.linear`.
+    Which is faster depends on the processor, the BLAS build and the thread count: on an AMD EPYC row blocks doubled
+    the speed of a 2-thread batch-1 step, on a Xeon they halved it; W stored transposed halved the time of the
+    decoder's wide layers on one thread of the EPYC, and lost to row blocks on two. So the first one-row call of
+    each (weight shape, threads) times the products over W as stored and over a transposed copy, and takes the
+    transposed storage for good if it is clearly faster (`LAYOUT_CHOICES`); the first call of each (weight shape and
+    storage, rows, threads) times x W^T against the own product on its own input and keeps the faster for the rest
+    of the process (`PRODUCT_CHOICES`), F.linear unless the other is clearly faster. Under `torch.compile` it is
+    `F.linear`.
     """
+
+    weight_stored_transposed = False  # set by `_store_weight_transposed`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -101,9 +112,17 @@ class RowBlockLinear(nn.Linear):
         ):
             return F.linear(x, weight, bias)
         threads = torch.get_num_threads()
+        if rows == 1 and weight.is_contiguous():
+            layout_key = (*weight.shape, threads, bias is not None)
+            transposed = LAYOUT_CHOICES.get(layout_key)
+            if transposed is None:
+                transposed = LAYOUT_CHOICES[layout_key] = self._transposed_weight_is_faster(threads)
+            if transposed:
+                self._store_weight_transposed()
+                return F.linear(x, self.weight, bias)
         if rows == 1 and (threads == 1 or weight.shape[0] < threads or not weight.is_contiguous()):
             return F.linear(x, weight, bias)  # row blocks need W stored row by row, and several threads
-        key = (*weight.shape, rows, threads, bias is not None)
+        key = (*weight.shape, rows, threads, bias is not None, weight.is_contiguous())
         own = PRODUCT_CHOICES.get(key)
         if own is None:
             own = PRODUCT_CHOICES[key] = self._own_product_is_faster(x, rows, threads)
@@ -120,20 +139,49 @@ class RowBlockLinear(nn.Linear):
         return out.t().contiguous().view(*x.shape[:-1], out_features)
 
     def _own_product_is_faster(self, x: torch.Tensor, rows: int, threads: int) -> bool:
-        """Both products timed in turn, TIMING_TRIALS times each, with W out of the processor's caches as a decoding
-        step finds it (after reading every other layer's weights); the own one wins only by OWN_PRODUCT_MARGIN."""
-        other_memory = torch.ones(EVICTION_BYTES // 4)
-        times = {True: [], False: []}
-        for _ in range(TIMING_TRIALS):
-            for own in (False, True):
-                other_memory.sum()
-                start = time.perf_counter()
-                self._own_product(x, rows, threads) if own else F.linear(x, self.weight, self.bias)
-                times[own].append(time.perf_counter() - start)
-        return min(times[True]) < OWN_PRODUCT_MARGIN * min(times[False])
+        """Both products timed with W out of the processor's caches; the own one wins only by OWN_PRODUCT_MARGIN."""
+        times = fastest_times(
+            {"own": lambda: self._own_product(x, rows, threads), "linear": lambda: F.linear(x, self.weight, self.bias)}
+        )
+        return times["own"] < OWN_PRODUCT_MARGIN * times["linear"]
+
+    def _transposed_weight_is_faster(self, threads: int) -> bool:
+        """A one-row product over W stored transposed timed against the faster of x W^T and (on several threads) row
+        blocks over W stored row by row, W out of the processor's caches; the transposed one wins only by
+        OWN_PRODUCT_MARGIN."""
+        weight, bias = self.weight.detach(), None if self.bias is None else self.bias.detach()
+        x = torch.randn(1, weight.shape[1])
+        transposed = weight.t().contiguous().t()
+        products = {"transposed": lambda: F.linear(x, transposed, bias), "linear": lambda: F.linear(x, weight, bias)}
+        if threads > 1 and weight.shape[0] >= threads:
+            products["row blocks"] = lambda: row_block_product(weight, bias, x.t(), threads)
+        times = fastest_times(products)
+        return times.pop("transposed") < OWN_PRODUCT_MARGIN * min(times.values())
+
+    def _store_weight_transposed(self) -> None:
+        """W stored transposed in memory: the same tensor and values, its `t()` contiguous (`F.linear` reads either
+        without a copy). `restore_plain_modules` stores it row by row again."""
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, even in an inference-mode generate()
+            self.weight.data = self.weight.data.t().contiguous().t()
+        self.weight_stored_transposed = True
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", few-row CPU products"
+
+
+def fastest_times(products: dict) -> dict[str, float]:
+    """The fastest of TIMING_TRIALS timings of each product (a function of no arguments), taken in turn, each after
+    reading EVICTION_BYTES of other memory: W out of the processor's caches, as a decoding step finds it after
+    reading every other layer's weights."""
+    other_memory = torch.ones(EVICTION_BYTES // 4)
+    times = {name: [] for name in products}
+    for _ in range(TIMING_TRIALS):
+        for name, product in products.items():
+            other_memory.sum()
+            start = time.perf_counter()
+            product()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 class FusedQKVAttention(VanillaTransformerAttention):
@@ -474,19 +522,40 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     residual blocks, feed-forward networks and sinusoids with inference versions without eval mode's per-step calls,
     fuses each self-attention (`FusedQKVAttention`, keeping its three layers) and makes each decoder layer an
     `InferenceDecoderLayer` (decoding steps as one straight-line forward) and the decoder stack an `InferenceDecoder`
-    (decoding steps without the input checks and mask builders); returns the model: faster
-    greedy and small-batch decoding on the CPU, the same weights, and it saves as the plain model. It refuses
-    `train()` until `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left
-    alone."""
+    (decoding steps without the input checks and mask builders); returns the model: faster greedy and small-batch
+    decoding on the CPU, the same weights, and it saves as the plain model. It refuses `train()` until
+    `restore_plain_modules`. Layers wrapped by something else (an adapter, a quantiser) are left alone."""
     _replace_linears(model, nn.Linear, RowBlockLinear)
     fuse_self_attention(model, keep_projections=True)
     use_inference_blocks(model)
+    if getattr(model, "row_by_row_state_hook", None) is None:
+        model.row_by_row_state_hook = model.register_state_dict_post_hook(_state_row_by_row)
     return model
+
+
+def _state_row_by_row(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """Puts the weights a `RowBlockLinear` stored transposed into the state dict stored row by row, as the plain
+    model has them: transformers' saving and safetensors read a tensor as one contiguous block. Tied entries stay one
+    tensor (so they still save once); parameters asked for as such (`keep_vars=True`) are left as they are."""
+    copies = {}
+    for key, value in state_dict.items():
+        if not key.startswith(prefix) or isinstance(value, nn.Parameter) or value.is_contiguous():
+            continue
+        layout = (value.data_ptr(), tuple(value.shape), value.stride())
+        if layout not in copies:
+            copies[layout] = value.contiguous()
+        state_dict[key] = copies[layout]
 
 
 def restore_plain_modules(model: nn.Module) -> nn.Module:
     """Undoes `optimize_for_cpu_inference`: each fused self-attention becomes a plain one over the same three
-    layers, every `RowBlockLinear` an `nn.Linear` over the same parameters, and the inference blocks plain ones."""
+    layers, every `RowBlockLinear` an `nn.Linear` over the same parameters (stored row by row again), and the
+    inference blocks plain ones."""
+    for module in model.modules():
+        if getattr(module, "weight_stored_transposed", False):
+            with torch.inference_mode(False), torch.no_grad():
+                module.weight.data = module.weight.data.contiguous()
+            module.weight_stored_transposed = False
     for layer in model.modules():
         attention = getattr(layer, "self_attn", None)
         if isinstance(attention, FusedQKVAttention) and hasattr(attention, "q_proj"):
@@ -495,6 +564,10 @@ def restore_plain_modules(model: nn.Module) -> nn.Module:
     _replace_blocks(model, {new: old for old, new in _INFERENCE_CLASSES.items()})
     _swap_class(model, InferenceDecoderLayer, VanillaTransformerDecoderLayer)
     _swap_class(model, InferenceDecoder, VanillaTransformerDecoder)
+    hook = getattr(model, "row_by_row_state_hook", None)
+    if hook is not None:
+        hook.remove()
+        model.row_by_row_state_hook = None
     return model
 
 

@@ -45,9 +45,12 @@ def threads():
 
 @pytest.fixture
 def own_products(monkeypatch):
-    """Every shape takes RowBlockLinear's own product, whatever the timing at first use would say, for one test."""
+    """Every shape takes RowBlockLinear's own product over weights stored row by row, whatever the timings would
+    say, for one test."""
     monkeypatch.setattr(cpu_inference, "PRODUCT_CHOICES", {})
     monkeypatch.setattr(RowBlockLinear, "_own_product_is_faster", lambda self, x, rows, threads: True)
+    monkeypatch.setattr(cpu_inference, "LAYOUT_CHOICES", {})
+    monkeypatch.setattr(RowBlockLinear, "_transposed_weight_is_faster", lambda self, threads: False)
 
 
 def _expected_products(rows: int, out_features: int, in_features: int, num_threads: int) -> list[tuple]:
@@ -128,6 +131,8 @@ def test_row_block_linear_times_both_products_at_the_first_call_of_a_shape_and_k
 ):
     threads(2)
     monkeypatch.setattr(cpu_inference, "PRODUCT_CHOICES", {})
+    monkeypatch.setattr(cpu_inference, "LAYOUT_CHOICES", {})
+    monkeypatch.setattr(RowBlockLinear, "_transposed_weight_is_faster", lambda self, threads: False)
     timed = []
     measure = RowBlockLinear._own_product_is_faster
 
@@ -144,13 +149,90 @@ def test_row_block_linear_times_both_products_at_the_first_call_of_a_shape_and_k
             torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
         other(x)  # the same shape: the choice made for the first layer holds
     assert timed == [rows]
-    assert list(cpu_inference.PRODUCT_CHOICES) == [(1024, 256, rows, 2, True)]
+    assert list(cpu_inference.PRODUCT_CHOICES) == [(1024, 256, rows, 2, True, True)]
     own = [(1024, rows)] if rows > 1 else _expected_products(1, 1024, 256, 2)
     for choice, products in ((False, [(rows, 1024)]), (True, own)):
-        cpu_inference.PRODUCT_CHOICES[(1024, 256, rows, 2, True)] = choice
+        cpu_inference.PRODUCT_CHOICES[(1024, 256, rows, 2, True, True)] = choice
         with torch.no_grad(), _RecordProducts() as recorded:
             torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
         assert recorded.shapes == products, choice
+
+
+@pytest.fixture
+def transposed_storage(monkeypatch):
+    """Every weight shape measures faster stored transposed at its first one-row call, for one test; returns the list
+    of (out_features, in_features, threads) timed."""
+    timed = []
+    monkeypatch.setattr(cpu_inference, "PRODUCT_CHOICES", {})
+    monkeypatch.setattr(cpu_inference, "LAYOUT_CHOICES", {})
+    monkeypatch.setattr(
+        RowBlockLinear, "_transposed_weight_is_faster", lambda self, threads: timed.append((*self.weight.shape, threads))
+        or True,
+    )
+    return timed
+
+
+def test_a_one_row_call_stores_the_weight_transposed_where_that_measured_faster(threads, transposed_storage):
+    threads(1)
+    layer, other, small = RowBlockLinear(256, 1024), RowBlockLinear(256, 1024), RowBlockLinear(64, 128)
+    weight, values = layer.weight, layer.weight.detach().clone()
+    x = torch.randn(1, 256)
+    expected = x.double() @ values.double().t() + layer.bias.double()
+    with torch.inference_mode():  # as generate() calls it
+        out = layer(x)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), _RecordProducts() as recorded:
+        torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+    assert recorded.shapes == [(1, 1024)]  # x W^T over the transposed storage: no copy, one product
+    assert layer.weight is weight and layer.weight_stored_transposed  # the same parameter, stored the other way
+    assert not weight.is_contiguous() and weight.t().is_contiguous() and torch.equal(weight, values)
+    assert not weight.is_inference()  # a plain tensor, though the call ran in inference mode
+    with torch.no_grad():
+        other(x)  # the same shape: the choice made for the first layer holds, and the layer takes it too
+        small(torch.randn(1, 64))  # below MIN_WEIGHT_ELEMENTS: not timed, left as it is
+        for rows in (1, 4):  # several rows over the transposed storage: the same numbers
+            x = torch.randn(rows, 256)
+            expected = x.double() @ values.double().t() + layer.bias.double()
+            torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+    assert transposed_storage == [(1024, 256, 1)]
+    assert not other.weight.is_contiguous() and small.weight.is_contiguous() and not small.weight_stored_transposed
+    assert all(key[-1] is False for key in cpu_inference.PRODUCT_CHOICES)  # 4 rows chose over the new storage
+    layer(torch.randn(2, 256)).sum().backward()  # and it trains
+    assert weight.grad.shape == weight.shape
+
+
+def test_a_model_with_weights_stored_transposed_decodes_saves_and_restores_as_the_plain_one(
+    tiny_model, threads, transposed_storage, tmp_path
+):
+    threads(1)
+    model = tiny_model(d_model=256, d_ff=1024, num_heads=4, encoder_layers=1, decoder_layers=1, vocab_size=1024)
+    source = random_ids(2, 6)
+    options = dict(input_ids=source, max_new_tokens=5, min_new_tokens=5, output_logits=True,
+                   return_dict_in_generate=True)  # fmt: skip
+    with torch.no_grad():
+        expected = {beams: model.generate(**options, num_beams=beams) for beams in (1, 2)}
+        single = model.generate(**{**options, "input_ids": source[:1]})
+        optimize_for_cpu_inference(model)
+        assert transposed_storage == []  # optimizing stores nothing: a one-row call decides
+        got_single = model.generate(**{**options, "input_ids": source[:1]})  # one row a step
+        got = {beams: model.generate(**options, num_beams=beams) for beams in (1, 2)}
+    # the output layer, tied to the embeddings, and the decoder's fc1 were stored transposed by the one-row steps
+    assert model.lm_head.weight is model.model.encoder.embed_tokens.weight and model.lm_head.weight_stored_transposed
+    assert not model.lm_head.weight.is_contiguous()
+    assert not model.model.decoder.layers[0].feed_forward.fc1.weight.is_contiguous()
+    assert (1024, 256, 1) in transposed_storage
+    for ours, plain in [(got_single, single), *((got[beams], expected[beams]) for beams in (1, 2))]:
+        assert torch.equal(ours.sequences, plain.sequences)
+        for fast, slow in zip(ours.logits, plain.logits, strict=True):
+            torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path)
+    assert all(torch.equal(reloaded.state_dict()[name], value) for name, value in model.state_dict().items())
+    restore_plain_modules(model)
+    assert all(p.is_contiguous() for p in model.parameters())  # stored row by row again
+    assert not any(getattr(m, "weight_stored_transposed", False) for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model.generate(**options, num_beams=1).sequences, expected[1].sequences)
 
 
 def test_row_block_linear_passes_gradients():
