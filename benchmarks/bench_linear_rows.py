@@ -2,6 +2,7 @@
 
     python benchmarks/bench_linear_rows.py              # the base model's decoder shapes, fp32
     python benchmarks/bench_linear_rows.py --rounds 9   # more rounds where the machine is noisy
+    python benchmarks/bench_linear_rows.py --rows 1,4,16 --threads 1
 
 A decoding step multiplies a handful of rows (the batch, or the beams) by every weight matrix. For so few rows
 these give the same products, but MKL streams W at different speeds:
@@ -10,10 +11,12 @@ these give the same products, but MKL streams W at different speeds:
 - row blocks: W split by output rows into one block per thread, the blocks' products run as one batched
   product (for one row; MKL's matrix-vector product keeps to one core);
 - oneDNN's linear over the weight as a oneDNN tensor in the plain layout (`torch.utils.mkldnn.to_mkldnn`, the
-  public route to the other kernel library torch ships for the CPU).
+  public route to the other kernel library torch ships for the CPU);
+- x W^T over W stored transposed in memory (the same tensor, its `t()` contiguous), so that MKL's one-row product
+  runs along rows of out_features.
 For each row count and weight shape this prints the milliseconds of x W^T per product (median over rounds, the
-four interleaved) and the speed-up of the other three over it; `RowBlockLinear` takes row blocks for 1 row
-and (W x^T)^T for 2 to 32.
+five interleaved) and the speed-up of the other four over it; `RowBlockLinear` chooses by timing at first use
+among x W^T, row blocks and W stored transposed for 1 row, and between x W^T and (W x^T)^T for 2 to 32.
 
     python benchmarks/bench_linear_rows.py --rows 1,16 --prepacked
 
@@ -36,12 +39,12 @@ import torch
 from hf_vanilla_transformer.cpu_inference import row_block_product
 
 
-PRODUCTS = ("x W^T", "(W x^T)^T", "row blocks", "oneDNN")
+PRODUCTS = ("x W^T", "(W x^T)^T", "row blocks", "oneDNN", "x W^T, W stored transposed")
 PREPACKED = ("oneDNN prepacked (private)", "MKL packed (private)")
 
 
 def products(weight: torch.Tensor, bias: torch.Tensor, prepacked_rows: int | None = None) -> list:
-    """The four ways of computing x W^T + b for a few rows x, each a function of x, in the order of PRODUCTS; with
+    """The five ways of computing x W^T + b for a few rows x, each a function of x, in the order of PRODUCTS; with
     `prepacked_rows`, the two of PREPACKED too, their weights laid out for that many rows."""
     with warnings.catch_warnings():  # the utility's modules are TorchScript, which warns that it is deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -54,6 +57,8 @@ def products(weight: torch.Tensor, bias: torch.Tensor, prepacked_rows: int | Non
         # as RowBlockLinear computes one row, transposed back as it would need for more
         lambda x: row_block_product(weight, bias, x.t(), torch.get_num_threads()).t().contiguous(),
         packed,
+        # what RowBlockLinear computes once it stores W transposed: the same tensor, its t() contiguous
+        lambda x, transposed=weight.t().contiguous().t(): torch.nn.functional.linear(x, transposed, bias),
     ]
     if prepacked_rows is not None:
         blocked = torch.ops.mkldnn._reorder_linear_weight(weight, prepacked_rows)
@@ -114,17 +119,21 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prepacked", action="store_true", help=f"also time {' and '.join(PREPACKED)}")
+    parser.add_argument("--threads", type=int, help="torch's thread count (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     d, f = args.d_model, args.d_ff
-    shapes = [(d, d), (f, d), (d, f), (args.vocab, d)]  # (out, in): attention, FFN in, FFN out, output layer
+    # (out, in): attention, fused Q/K/V, FFN in, FFN out, output layer
+    shapes = [(d, d), (3 * d, d), (f, d), (d, f), (args.vocab, d)]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32. Each cell: ms per product as x W^T, "
-        "then the speed-up of (W x^T)^T, of row blocks and of oneDNN over it"
+        "then the speed-up of (W x^T)^T, of row blocks, of oneDNN and of x W^T over W stored transposed over it"
         + (f", of {PREPACKED[0]} and of {PREPACKED[1]}" if args.prepacked else "")
     )
     print(f"memory read bandwidth (torch.sum over 256 MB): {read_bandwidth_gbs():.1f} GB/s")
-    width = 44 if args.prepacked else 32
+    width = 50 if args.prepacked else 38
     print("rows  " + "".join(f"{f'{o}x{i}':>{width}}" for o, i in shapes))
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):

@@ -2,7 +2,8 @@
 
 `optimize_for_cpu_inference(model)` replaces every `nn.Linear` with a `RowBlockLinear`, an `nn.Linear` subclass
 over the same parameters (the state dict, ties and saving are unchanged) whose products are faster when a
-decoding step has few rows and they measure faster on the machine, each self-attention with a `FusedQKVAttention`,
+decoding step has few rows and they measure faster on the machine (it may store its weight transposed, the same
+values, where one-row products read it faster so), each self-attention with a `FusedQKVAttention`,
 which computes Q, K and V in one product, the residual blocks, feed-forward networks and sinusoids with inference
 versions, each decoder layer with an `InferenceDecoderLayer`, whose decoding steps run as one straight-line
 forward, and the decoder stack with an `InferenceDecoder`, whose decoding steps skip the input checks and mask
