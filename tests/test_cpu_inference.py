@@ -163,12 +163,14 @@ def transposed_storage(monkeypatch):
     """Every weight shape measures faster stored transposed at its first one-row call, for one test; returns the list
     of (out_features, in_features, threads) timed."""
     timed = []
+
+    def faster(self, threads):
+        timed.append((*self.weight.shape, threads))
+        return True
+
     monkeypatch.setattr(cpu_inference, "PRODUCT_CHOICES", {})
     monkeypatch.setattr(cpu_inference, "LAYOUT_CHOICES", {})
-    monkeypatch.setattr(
-        RowBlockLinear, "_transposed_weight_is_faster", lambda self, threads: timed.append((*self.weight.shape, threads))
-        or True,
-    )
+    monkeypatch.setattr(RowBlockLinear, "_transposed_weight_is_faster", faster)
     return timed
 
 
@@ -199,6 +201,40 @@ def test_a_one_row_call_stores_the_weight_transposed_where_that_measured_faster(
     assert all(key[-1] is False for key in cpu_inference.PRODUCT_CHOICES)  # 4 rows chose over the new storage
     layer(torch.randn(2, 256)).sum().backward()  # and it trains
     assert weight.grad.shape == weight.shape
+
+
+@pytest.mark.parametrize("threads_count", [1, 2])
+def test_the_storage_choice_times_equal_products_and_takes_the_transposed_one_only_when_clearly_faster(
+    threads_count, monkeypatch
+):
+    layer = RowBlockLinear(256, 1024)
+    with torch.no_grad():
+        reference = {name: product() for name, product in _timed_products(layer, threads_count, monkeypatch, {})}
+    # each candidate computes x W^T + b for the one random row the method draws: they agree with one another
+    names = {"transposed", "linear"} | ({"row blocks"} if threads_count > 1 else set())
+    assert reference.keys() == names
+    outputs = [out.reshape(1, -1) for out in reference.values()]
+    for out in outputs[1:]:
+        torch.testing.assert_close(out, outputs[0], rtol=1e-5, atol=1e-5)
+    for times, expected in [
+        ({"transposed": 1.0, "linear": 2.0, "row blocks": 3.0}, True),
+        ({"transposed": 1.0, "linear": 1.02, "row blocks": 3.0}, False),  # not more than 5% faster
+        ({"transposed": 1.0, "linear": 2.0, "row blocks": 0.5}, threads_count == 1),  # row blocks on 2 threads
+    ]:
+        timings = lambda products, times=times: {name: times[name] for name in products}  # noqa: E731
+        monkeypatch.setattr(cpu_inference, "fastest_times", timings)
+        assert layer._transposed_weight_is_faster(threads_count) is expected, times
+
+
+def _timed_products(layer, threads_count, monkeypatch, seen):
+    """The (name, product) pairs `_transposed_weight_is_faster` hands to `fastest_times`."""
+    def equal_times(products):
+        seen.update(products)
+        return dict.fromkeys(products, 1.0)
+
+    monkeypatch.setattr(cpu_inference, "fastest_times", equal_times)
+    layer._transposed_weight_is_faster(threads_count)
+    return list(seen.items())
 
 
 def test_a_model_with_weights_stored_transposed_decodes_saves_and_restores_as_the_plain_one(
