@@ -41,14 +41,14 @@ from .modeling_vanilla_transformer import (
 # Weights smaller than this (1 MB in float32) sit in cache, where the extra steps cost more than they save.
 MIN_WEIGHT_ELEMENTS = 1 << 18
 MAX_FEW_ROWS = 32
-# RowBlockLinear's choice per (out_features, in_features, rows, threads, bias): True where its own product measured
-# faster than F.linear at first use in this process. Its own product must be this much faster to be taken.
+# RowBlockLinear's choice per (out_features, in_features, rows, threads, bias, W stored row by row): True where its own
+# product measured faster than F.linear at first use in this process.
 PRODUCT_CHOICES: dict[tuple[int, int, int, int, bool, bool], bool] = {}
 # RowBlockLinear's choice per (out_features, in_features, threads, bias) at its first one-row call with W stored row
 # by row: True where the product measured faster over W stored transposed, which it then keeps.
 LAYOUT_CHOICES: dict[tuple[int, int, int, bool], bool] = {}
 TIMING_TRIALS = 3
-OWN_PRODUCT_MARGIN = 0.95
+OWN_PRODUCT_MARGIN = 0.95  # a product other than F.linear over W as stored must be this much faster to be taken
 EVICTION_BYTES = 64 << 20  # read between timings: more than the last-level cache of most processors
 
 
@@ -94,7 +94,8 @@ class RowBlockLinear(nn.Linear):
     transposed storage for good if it is clearly faster (`LAYOUT_CHOICES`); the first call of each (weight shape and
     storage, rows, threads) times x W^T against the own product on its own input and keeps the faster for the rest
     of the process (`PRODUCT_CHOICES`), F.linear unless the other is clearly faster. Under `torch.compile` it is
-    `F.linear`.
+    `F.linear`. `optimize_for_cpu_inference` gives the model a state-dict hook that puts weights stored transposed
+    into the state dict row by row, as saving needs them (a layer used on its own gives its weight as stored).
     """
 
     weight_stored_transposed = False  # set by `_store_weight_transposed`
