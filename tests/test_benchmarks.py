@@ -115,7 +115,8 @@ def test_decoding_ab_against_this_commit_times_every_case_with_the_same_tokens()
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if "new / baseline" in line]
     assert [line.split(":")[0] for line in lines] == ["greedy b1", "beam4 b1", "greedy b16"]
-    assert all("same tokens fp32 True" in line for line in lines)  # the opt-in path decodes as the plain model
+    assert all("same tokens fp32 True" in line for line in lines)  # the opt-in path decodes as the baseline's
+    assert all("opt-in / plain fp32" in line and "same tokens True;" in line for line in lines)  # and as the plain
 
 
 def test_cpu_engines_run_one_process_each_and_write_the_machine_with_the_figures(tmp_path):
