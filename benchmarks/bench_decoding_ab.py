@@ -40,6 +40,8 @@ def main() -> dict:
     )
     parser.add_argument("--threads", type=int, help="torch's thread count, set before the models are built")
     args = parser.parse_args()
+    if args.cpu_time and args.threads not in (None, 1):
+        parser.error(f"--cpu_time times one thread; drop --threads {args.threads} or --cpu_time")
     if args.cpu_time or args.threads:
         torch.set_num_threads(1 if args.cpu_time else args.threads)  # before optimizing: its choices are per count
 

@@ -114,7 +114,8 @@ class RowBlockLinear(nn.Linear):
         ):
             return F.linear(x, weight, bias)
         threads = torch.get_num_threads()
-        if rows == 1 and weight.is_contiguous():
+        row_by_row = weight.is_contiguous()
+        if rows == 1 and row_by_row:
             layout_key = (*weight.shape, threads, bias is not None)
             transposed = LAYOUT_CHOICES.get(layout_key)
             if transposed is None:
@@ -122,9 +123,9 @@ class RowBlockLinear(nn.Linear):
             if transposed:
                 self._store_weight_transposed()
                 return F.linear(x, self.weight, bias)
-        if rows == 1 and (threads == 1 or weight.shape[0] < threads or not weight.is_contiguous()):
+        if rows == 1 and (threads == 1 or weight.shape[0] < threads or not row_by_row):
             return F.linear(x, weight, bias)  # row blocks need W stored row by row, and several threads
-        key = (*weight.shape, rows, threads, bias is not None, weight.is_contiguous())
+        key = (*weight.shape, rows, threads, bias is not None, row_by_row)
         own = PRODUCT_CHOICES.get(key)
         if own is None:
             own = PRODUCT_CHOICES[key] = self._own_product_is_faster(x, rows, threads)

@@ -119,6 +119,15 @@ def test_decoding_ab_against_this_commit_times_every_case_with_the_same_tokens()
     assert all("opt-in / plain fp32" in line and "same tokens True;" in line for line in lines)  # and as the plain
 
 
+def test_decoding_ab_refuses_cpu_time_with_another_thread_count():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_decoding_ab.py"), "--cpu_time", "--threads", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 2
+    assert "--cpu_time times one thread; drop --threads 2 or --cpu_time" in done.stderr
+
+
 def test_cpu_engines_run_one_process_each_and_write_the_machine_with_the_figures(tmp_path):
     output = tmp_path / "engines.json"
     engines = [e for e in bench_cpu_engines.ENGINES if HAS_CTRANSLATE2 or not e.startswith("ct2")]
